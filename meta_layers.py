@@ -1,0 +1,167 @@
+"""MetaSAug's meta step: learn the class-wise covariance by a one-step lookahead.
+
+With ``L(theta, Sigma)`` the augmented training loss, ``theta' = theta - lr * grad_theta L`` and
+``M(theta')`` the plain cross-entropy on a balanced meta batch, MetaSAug updates
+``Sigma <- Sigma - meta_lr * dM/dSigma`` and trains the network with the new ``Sigma``.
+
+Two exact ways to get ``dM/dSigma`` are offered:
+
+- ``meta_gradient="jvp"`` (default). With ``v = grad M(theta')``,
+  ``dM/dSigma = -lr * d/dSigma <grad_theta L(theta, Sigma), v>``, and by the symmetry of mixed
+  partials this is ``-lr`` times the derivative of ``dL/dSigma`` along ``v``. ``dL/dSigma`` depends
+  on ``theta`` only through the logits and the classifier weight, so one forward-mode
+  Jacobian-vector product of the network (logits along ``v``) and a tiny double backward of the
+  loss head replace the released double backward through the whole network. The training batch's
+  forward pass is shared by the lookahead and the real update.
+- ``meta_gradient="double_backward"``: the released algorithm literally (gradients with
+  ``create_graph=True``, a second forward pass of the training batch); kept as the reference.
+
+Functional weights go through ``torch.func.functional_call``; no network is rebuilt. The
+lookahead's forward passes use batch statistics and leave BatchNorm's running statistics alone,
+so these change once per iteration, with the training batch, exactly as in the released loop.
+"""
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, jvp
+from torch.nn.modules.batchnorm import _BatchNorm
+
+LOOKAHEADS = ("all", "classifier")
+META_GRADIENTS = ("jvp", "double_backward")
+
+
+@contextmanager
+def frozen_batchnorm_statistics(model):
+    """Forward passes inside use batch statistics (in train mode) without updating running ones."""
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    for norm in norms:
+        norm.track_running_stats = False
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.track_running_stats = True
+
+
+class MetaSAug:
+    """One MetaSAug iteration for ``model`` (``forward(x) -> (features, logits)``).
+
+    ``criterion`` is a ``loss.MetaSAugLoss``; ``classifier`` names the model's last linear layer.
+    ``lookahead="classifier"`` restricts the lookahead to that layer (the ImageNet/iNat recipe).
+
+    Usage::
+
+        loss, logits = meta.step(x, y, x_meta, y_meta, lr=lookahead_lr, ratio=ratio)
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+    """
+
+    def __init__(self, model, criterion, meta_lr=0.1, classifier="linear", lookahead="all",
+                 meta_gradient="jvp"):
+        if lookahead not in LOOKAHEADS:
+            raise ValueError(f"lookahead must be one of {LOOKAHEADS}, got {lookahead!r}")
+        if meta_gradient not in META_GRADIENTS:
+            raise ValueError(f"meta_gradient must be one of {META_GRADIENTS}, got {meta_gradient!r}")
+        self.model, self.criterion, self.meta_lr = model, criterion, meta_lr
+        self.lookahead, self.meta_gradient = lookahead, meta_gradient
+        self.classifier = model.get_submodule(classifier)
+        if not hasattr(self.classifier, "weight") or self.classifier.weight.dim() != 2:
+            raise ValueError(f"model.{classifier} must be a linear layer with a [C, A] weight")
+        prefix = classifier + "."
+        self._names = [name for name, p in model.named_parameters() if p.requires_grad
+                       and (lookahead == "all" or name.startswith(prefix))]
+        self._weight_key = prefix + "weight"
+        if lookahead == "classifier":
+            self._names = [name[len(prefix):] for name in self._names]
+            self._weight_key = "weight"
+        self.learned_covariance = None
+
+    def _lookahead_params(self):
+        module = self.model if self.lookahead == "all" else self.classifier
+        return {name: module.get_parameter(name) for name in self._names}
+
+    def _logits(self, params, inputs=None, features=None):
+        """Logits under replaced parameters: the whole network, or the classifier on ``features``."""
+        if self.lookahead == "all":
+            return functional_call(self.model, params, (inputs,))[1]
+        return functional_call(self.classifier, params, (features,))
+
+    def _meta_features(self, meta_inputs):
+        if self.lookahead == "all":
+            return None
+        with torch.no_grad():
+            return self.model(meta_inputs)[0]
+
+    def step(self, inputs, targets, meta_inputs, meta_targets, lr, ratio):
+        """Learn the covariance, update the estimator, return ``(training loss, logits)``.
+
+        ``lr`` is the lookahead's SGD step size (the released code uses the current learning rate).
+        The loss carries its graph to the model's parameters; the caller backpropagates it.
+        """
+        covariance = self.criterion.estimator.covariance.detach()
+        if self.meta_gradient == "jvp":
+            features, logits, learned = self._learn_by_jvp(inputs, targets, meta_inputs, meta_targets,
+                                                           lr, ratio, covariance)
+        else:
+            learned = self._learn_by_double_backward(inputs, targets, meta_inputs, meta_targets,
+                                                     lr, ratio, covariance)
+            features, logits = self.model(inputs)
+        self.learned_covariance = learned
+        self.criterion.estimator.update(features.detach(), targets)
+        loss = self.criterion(logits, self.classifier.weight, targets, learned, ratio)
+        return loss, logits
+
+    def _meta_loss_grad(self, lookahead_params, meta_inputs, meta_targets):
+        """``grad M(theta')``: plain cross-entropy of the lookahead network on the meta batch."""
+        meta_features = self._meta_features(meta_inputs)
+        with frozen_batchnorm_statistics(self.model):
+            meta_logits = self._logits(lookahead_params, meta_inputs, meta_features)
+        meta_loss = F.cross_entropy(meta_logits, meta_targets)
+        return torch.autograd.grad(meta_loss, list(lookahead_params.values()))
+
+    def _learn_by_jvp(self, inputs, targets, meta_inputs, meta_targets, lr, ratio, covariance):
+        params = self._lookahead_params()
+        weight = self.classifier.weight
+        features, logits = self.model(inputs)
+        train_loss = self.criterion(logits, weight, targets, covariance, ratio)
+        grads = torch.autograd.grad(train_loss, list(params.values()), retain_graph=True)
+        lookahead = {name: (p - lr * g).detach().requires_grad_()
+                     for (name, p), g in zip(params.items(), grads)}
+        direction = self._meta_loss_grad(lookahead, meta_inputs, meta_targets)
+        tangents = dict(zip(params, direction))
+        primals = {name: p.detach() for name, p in params.items()}
+        detached_features = features.detach()
+        with frozen_batchnorm_statistics(self.model):
+            _, logits_tangent = jvp(lambda p: self._logits(p, inputs, detached_features),
+                                    (primals,), (tangents,))
+        weight_tangent = tangents.get(self._weight_key)
+        meta_grad = -lr * self._mixed_partial(logits.detach(), weight.detach(), targets, covariance,
+                                              ratio, logits_tangent, weight_tangent)
+        return features, logits, covariance - self.meta_lr * meta_grad
+
+    def _mixed_partial(self, logits, weight, targets, covariance, ratio, logits_tangent, weight_tangent):
+        """``d/dSigma [<dL/dz, z_dot> + <dL/dW, W_dot>]`` at fixed logits ``z`` and weight ``W``."""
+        logits = logits.requires_grad_()
+        weight = weight.requires_grad_()
+        covariance = covariance.clone().requires_grad_()
+        loss = self.criterion(logits, weight, targets, covariance, ratio)
+        grad_logits, grad_weight = torch.autograd.grad(loss, (logits, weight), create_graph=True)
+        directional = (grad_logits * logits_tangent).sum()
+        if weight_tangent is not None:
+            directional = directional + (grad_weight * weight_tangent).sum()
+        return torch.autograd.grad(directional, covariance)[0]
+
+    def _learn_by_double_backward(self, inputs, targets, meta_inputs, meta_targets, lr, ratio, covariance):
+        covariance = covariance.clone().requires_grad_()
+        params = self._lookahead_params()
+        with frozen_batchnorm_statistics(self.model):
+            _, logits = self.model(inputs)
+        train_loss = self.criterion(logits, self.classifier.weight, targets, covariance, ratio)
+        grads = torch.autograd.grad(train_loss, list(params.values()), create_graph=True)
+        lookahead = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
+        meta_features = self._meta_features(meta_inputs)
+        with frozen_batchnorm_statistics(self.model):
+            meta_logits = self._logits(lookahead, meta_inputs, meta_features)
+        meta_loss = F.cross_entropy(meta_logits, meta_targets)
+        grad_cov = torch.autograd.grad(meta_loss, covariance)[0]
+        return (covariance - self.meta_lr * grad_cov).detach()
