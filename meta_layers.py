@@ -89,7 +89,7 @@ class MetaSAug:
     def _meta_features(self, meta_inputs):
         if self.lookahead == "all":
             return None
-        with torch.no_grad():
+        with torch.no_grad(), frozen_batchnorm_statistics(self.model):
             return self.model(meta_inputs)[0]
 
     def step(self, inputs, targets, meta_inputs, meta_targets, lr, ratio):

@@ -1,0 +1,124 @@
+"""The MetaSAug step: fast JVP meta-gradient vs the double-backward reference, finite
+differences, BatchNorm statistics, dtypes and the classifier-only lookahead."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from loss import MetaSAugLoss
+from meta_layers import MetaSAug
+from resnet import ResNet32
+
+COUNTS = [30, 12, 5, 2]
+
+
+def tiny_setup(base="ce", diagonal=False, dtype=torch.float64, seed=0):
+    """A ResNet-8 on 8x8 images, an estimator warmed up with a few batches, a train and a meta batch."""
+    torch.manual_seed(seed)
+    model = ResNet32(len(COUNTS), num_blocks=(1, 1, 1)).to(dtype)
+    criterion = MetaSAugLoss(64, len(COUNTS), COUNTS, base=base, diagonal=diagonal, gamma=2.0)
+    x = torch.randn(12, 3, 8, 8, dtype=dtype)
+    y = torch.tensor([0, 1, 2, 3] * 3)
+    with torch.no_grad():
+        for _ in range(2):
+            criterion.estimator.update(model(torch.randn(12, 3, 8, 8, dtype=dtype))[0], y)
+    x_meta = torch.randn(8, 3, 8, 8, dtype=dtype)
+    y_meta = torch.tensor([0, 1, 2, 3] * 2)
+    return model, criterion, (x, y, x_meta, y_meta)
+
+
+def run_step(model, criterion, batch, lookahead="all", meta_gradient="jvp", lr=0.5, ratio=0.7):
+    meta = MetaSAug(model, criterion, meta_lr=10.0, lookahead=lookahead, meta_gradient=meta_gradient)
+    loss, logits = meta.step(*batch, lr=lr, ratio=ratio)
+    model.zero_grad()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    return meta.learned_covariance, loss.detach(), logits.detach(), grads
+
+
+@pytest.mark.parametrize("lookahead", ["all", "classifier"])
+@pytest.mark.parametrize("diagonal", [False, True])
+@pytest.mark.parametrize("base", ["ce", "ldam", "focal"])
+def test_fast_meta_gradient_equals_double_backward(base, diagonal, lookahead):
+    model, criterion, batch = tiny_setup(base, diagonal)
+    start = criterion.estimator.covariance.clone()
+    results = {}
+    for path in ("jvp", "double_backward"):
+        m, c = copy.deepcopy(model), copy.deepcopy(criterion)
+        results[path] = run_step(m, c, batch, lookahead, path) + (m.state_dict(), c.estimator.state_dict())
+    fast, slow = results["jvp"], results["double_backward"]
+    assert (fast[0] - start).abs().max() > 1e-6  # the covariance did move
+    for a, b in zip(fast[:3], slow[:3]):  # learned covariance, loss, logits
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    for a, b in zip(fast[3:], slow[3:]):  # gradients, model state, estimator state
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("lookahead", ["all", "classifier"])
+def test_double_backward_meta_gradient_matches_finite_differences(lookahead):
+    """dM/dSigma along a random direction, M(Sigma) = meta CE after one SGD lookahead step."""
+    model, criterion, (x, y, x_meta, y_meta) = tiny_setup("ldam", diagonal=False)
+    lr, ratio, meta_lr = 0.5, 0.7, 10.0
+    covariance = criterion.estimator.covariance.clone()
+    names = [n for n, _ in model.named_parameters() if lookahead == "all" or n.startswith("linear.")]
+    params = {n: p.detach() for n, p in model.named_parameters() if n in names}
+
+    def meta_objective(cov):
+        probe = copy.deepcopy(model)
+        p = {n: t.clone().requires_grad_() for n, t in params.items()}
+        feats, logits = functional_call(probe, p, (x,))
+        loss = criterion(logits, p["linear.weight"], y, cov, ratio)
+        grads = torch.autograd.grad(loss, list(p.values()))
+        stepped = {n: t - lr * g for (n, t), g in zip(p.items(), grads)}
+        return F.cross_entropy(functional_call(probe, stepped, (x_meta,))[1], y_meta)
+
+    direction = torch.randn_like(covariance)
+    eps = 1e-5
+    numeric = (meta_objective(covariance + eps * direction) - meta_objective(covariance - eps * direction)) / (2 * eps)
+    learned, *_ = run_step(model, criterion, (x, y, x_meta, y_meta), lookahead, "double_backward", lr, ratio)
+    analytic = ((covariance - learned) / meta_lr * direction).sum()
+    torch.testing.assert_close(analytic, numeric, rtol=1e-5, atol=1e-10)
+
+
+@pytest.mark.parametrize("lookahead", ["all", "classifier"])
+@pytest.mark.parametrize("meta_gradient", ["jvp", "double_backward"])
+def test_batchnorm_statistics_change_once_with_the_training_batch(meta_gradient, lookahead):
+    model, criterion, batch = tiny_setup()
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        reference(batch[0])
+    run_step(model, criterion, batch, lookahead, meta_gradient)
+    expected = reference.state_dict()
+    for name, value in model.state_dict().items():
+        if "running" in name or "num_batches_tracked" in name:
+            torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+
+
+def test_estimator_is_updated_with_the_training_batch():
+    model, criterion, batch = tiny_setup()
+    expected = copy.deepcopy(criterion.estimator)
+    with torch.no_grad():
+        expected.update(copy.deepcopy(model)(batch[0])[0], batch[1])
+    run_step(model, criterion, batch)
+    for name, value in expected.state_dict().items():
+        torch.testing.assert_close(criterion.estimator.state_dict()[name], value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_in_each_dtype(dtype):
+    model, criterion, batch = tiny_setup(dtype=dtype)
+    learned, loss, logits, grads = run_step(model, criterion, batch)
+    assert learned.dtype == loss.dtype == logits.dtype == dtype
+    assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+def test_bad_arguments():
+    model, criterion, _ = tiny_setup()
+    with pytest.raises(ValueError, match="lookahead must be one of"):
+        MetaSAug(model, criterion, lookahead="last")
+    with pytest.raises(ValueError, match="meta_gradient must be one of"):
+        MetaSAug(model, criterion, meta_gradient="fd")
