@@ -20,12 +20,17 @@ Functional weights go through ``torch.func.functional_call``; no network is rebu
 lookahead's forward passes use batch statistics and leave BatchNorm's running statistics alone,
 so these change once per iteration, with the training batch, exactly as in the released loop.
 """
+import warnings
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, jvp
 from torch.nn.modules.batchnorm import _BatchNorm
+
+# PyTorch scripts its forward-AD decompositions on the first jvp and warns about its own use of
+# torch.jit.script; the warning concerns PyTorch internals, not this code.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 LOOKAHEADS = ("all", "classifier")
 META_GRADIENTS = ("jvp", "double_backward")

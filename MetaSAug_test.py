@@ -1,0 +1,73 @@
+"""Evaluate a long-tailed CIFAR checkpoint (the authors' released ones or this repository's).
+
+    python MetaSAug_test.py --checkpoint_path checkpoints/MetaSAug_cifar10_LDAM_imb0.01.pth.tar \
+        --dataset cifar10 --imb_factor 0.01 --data_root data/cifar10
+"""
+import sys
+
+import torch
+
+from checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state_from
+from data_utils import CIFAR_NUM_CLASSES, DataError, get_img_num_per_cls, load_split, normalize
+from metrics import per_class_accuracy, predict, shot_accuracy, top1_accuracy
+from resnet import ResNet32
+from trainer import OneLineParser, resolve_device
+
+PROG = "MetaSAug_test.py"
+
+
+def build_parser():
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint_path", required=True)
+    p.add_argument("--dataset", default="cifar10", choices=tuple(CIFAR_NUM_CLASSES))
+    p.add_argument("--imb_factor", type=float, default=0.01,
+                   help="imbalance of the training set, for the Many/Medium/Few groups")
+    p.add_argument("--num_meta", type=int, default=10, help="meta images per class used in training")
+    p.add_argument("--data_root", default="data/cifar10")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--test-batch-size", dest="test_batch_size", type=int, default=100)
+    p.add_argument("--workers", type=int, default=4, help="threads decoding image files")
+    return p
+
+
+def evaluate(args):
+    args.no_cuda, args.gpu = False, None
+    device = resolve_device(args)
+    checkpoint = load_checkpoint(args.checkpoint_path)
+    num_classes = CIFAR_NUM_CLASSES[args.dataset]
+    model = ResNet32(num_classes)
+    load_model_state(model, model_state_from(checkpoint))
+    images, labels, class_names = load_split(args.data_root, "test", args.dataset, workers=args.workers)
+    if len(class_names) != num_classes:
+        raise DataError(f"--data_root {args.data_root} holds {len(class_names)} test classes but --dataset "
+                        f"{args.dataset} has {num_classes}; point --data_root at {args.dataset}")
+    if isinstance(checkpoint, dict) and "cls_num_list" in checkpoint:
+        cls_num_list = checkpoint["cls_num_list"]
+    else:
+        cls_num_list = get_img_num_per_cls(args.dataset, args.imb_factor, args.num_meta * num_classes)
+    model.to(device)
+    predictions = predict(model, images.to(device), args.test_batch_size, normalize)
+    accuracy = top1_accuracy(predictions, labels)
+    per_class = per_class_accuracy(predictions, labels, num_classes)
+    shots = shot_accuracy(per_class, cls_num_list)
+    print(f"Dataset: {args.dataset}")
+    print(f"Imb_factor: {args.imb_factor}")
+    print(f"Accuracy: {accuracy:.2f}")
+    print(f"Error: {100 - accuracy:.2f}")
+    print("Per-class accuracy: " + ", ".join(f"{name} {acc:.2f}" for name, acc in zip(class_names, per_class)))
+    print("Many/Medium/Few-shot accuracy: " + ", ".join(
+        f"{group} {'n/a' if value is None else f'{value:.2f}'}" for group, value in shots.items()))
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return evaluate(args)
+    except (DataError, CheckpointError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Safe checkpoint files: atomic writes, ``weights_only`` loading, released layouts accepted.
+
+The released CIFAR checkpoints are ``{'epoch', 'state_dict', 'best_acc1', 'optimizer'}`` with no
+BatchNorm ``num_batches_tracked`` entries; DataParallel/DDP checkpoints prefix keys with
+``module.``. ``load_model_state`` accepts all of these without the caller knowing.
+"""
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or used; the message says what to do."""
+
+
+def save_checkpoint(state, path):
+    """Write ``state`` to ``path`` atomically: temporary file, flush, fsync, rename.
+
+    A failed write leaves the previous file at ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise CheckpointError(f"could not write checkpoint {path} ({error}); "
+                                  f"the previous checkpoint there, if any, is intact") from error
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` with one-line errors for every way it can fail."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty; it was not written completely")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unknown content"
+        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain "
+                              f"containers, which could run code ({first_line}); re-save its state_dict "
+                              f"from a trusted source") from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another file "
+                              f"type: {str(error).splitlines()[0] if str(error) else type(error).__name__})"
+                              ) from error
+
+
+def model_state_from(checkpoint):
+    """The model's state_dict inside a checkpoint (``{'state_dict': ...}``) or the dict itself."""
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        return checkpoint["state_dict"]
+    if isinstance(checkpoint, dict) and checkpoint and all(torch.is_tensor(v) for v in checkpoint.values()):
+        return checkpoint
+    raise CheckpointError("the file holds no model state_dict (expected a dict of tensors or a dict "
+                          "with a 'state_dict' entry)")
+
+
+def load_model_state(model, state_dict):
+    """Load a state_dict into ``model`` strictly, tolerating ``module.`` prefixes and missing
+    ``num_batches_tracked`` buffers; any other mismatch is a ``CheckpointError`` naming it."""
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    own = model.state_dict()
+    for name, value in own.items():
+        if name.endswith("num_batches_tracked") and name not in state:
+            state[name] = value.clone()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint does not fit {type(model).__name__}: missing {missing[:3]}"
+                              f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                              f"{'...' if len(unexpected) > 3 else ''}; is it for another architecture?")
+    for name, value in state.items():
+        if value.shape != own[name].shape:
+            raise CheckpointError(f"checkpoint entry {name} has shape {list(value.shape)} but the model "
+                                  f"expects {list(own[name].shape)}; check --num_classes / --dataset")
+    model.load_state_dict(state)

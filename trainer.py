@@ -1,0 +1,360 @@
+"""The long-tailed CIFAR training run shared by MetaSAug_CE_train.py and MetaSAug_LDAM_train.py.
+
+The schedule is the released one: plain cross-entropy until ``--meta_start``, then MetaSAug with
+class-balanced weights and ``ratio = lam * epoch / epochs``; the optimizer's learning rate is set
+from ``epoch + 1`` (the released off-by-one) while the lookahead uses ``epoch``. Every epoch's data
+order and every batch's augmentation are derived from ``(seed, epoch, iteration)``, so a resumed
+run, mid-epoch included, repeats the uninterrupted one exactly.
+"""
+import argparse
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from data_utils import (DataError, augment, batch_generator, build_dataset, epoch_batches,
+                        normalize, sample_meta_batch)
+from loss import MetaSAugLoss
+from meta_layers import LOOKAHEADS, META_GRADIENTS, MetaSAug
+from metrics import evaluation_subset, per_class_accuracy, predict, shot_accuracy, top1_accuracy
+from resnet import ResNet32
+
+# Flags whose change would make a resumed run a different experiment.
+RESUME_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_profile", "batch_size",
+                     "epochs", "lr", "momentum", "nesterov", "weight_decay", "seed", "lam", "meta_lr",
+                     "meta_start", "lr_milestones", "loss", "gamma", "max_m", "beta", "lookahead",
+                     "max_train_batches")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits with code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def str2bool(text):
+    """The released ``--nesterov`` was ``type=bool`` (any text is True); accept real booleans."""
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "y"):
+        return True
+    if lowered in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser(prog, description, losses):
+    p = OneLineParser(prog=prog, description=description,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    released = p.add_argument_group("flags of the released script (same meaning and default)")
+    released.add_argument("--dataset", default="cifar10", choices=("cifar10", "cifar100"))
+    released.add_argument("--batch-size", dest="batch_size", type=int, default=100)
+    released.add_argument("--num_classes", type=int, default=10)
+    released.add_argument("--num_meta", type=int, default=10, help="meta (validation) images per class")
+    released.add_argument("--imb_factor", type=float, default=0.01,
+                          help="smallest/largest class size: 0.01 is 'imbalance 100'")
+    released.add_argument("--test-batch-size", dest="test_batch_size", type=int, default=100)
+    released.add_argument("--epochs", type=int, default=200)
+    released.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.1)
+    released.add_argument("--momentum", type=float, default=0.9)
+    released.add_argument("--nesterov", type=str2bool, default=True)
+    released.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=5e-4)
+    released.add_argument("--no-cuda", dest="no_cuda", action="store_true", help="same as --device cpu")
+    released.add_argument("--split", type=int, default=1000, help="unused, as in the released script")
+    released.add_argument("--seed", type=int, default=42, help="model init, data order, augmentation")
+    released.add_argument("--print-freq", "-p", dest="print_freq", type=int, default=100,
+                          help="iterations between progress lines")
+    released.add_argument("--lam", type=float, default=0.25,
+                          help="augmentation strength; ratio = lam * epoch / epochs")
+    released.add_argument("--gpu", type=int, default=None, help="CUDA device index")
+    released.add_argument("--meta_lr", type=float, default=0.1, help="step size of the covariance update")
+    released.add_argument("--save_name", default="name", help="name of the run's checkpoints and out_dir")
+    released.add_argument("--idx", default="0", help="run index, recorded in result.json")
+
+    added = p.add_argument_group("added by this repository")
+    if len(losses) > 1:
+        added.add_argument("--loss", choices=losses, default=losses[0],
+                           help="base loss of the MetaSAug phase ('focal': Table 1 'MetaSAug with focal loss')")
+    added.add_argument("--gamma", type=float, default=1.0, help="focal loss exponent")
+    added.add_argument("--max_m", type=float, default=0.5, help="largest LDAM margin")
+    added.add_argument("--beta", type=float, default=0.9999, help="class-balanced weights' beta")
+    added.add_argument("--data_root", default="data/cifar10",
+                       help="image folders {train,test}/<class>/* or torchvision's CIFAR python files")
+    added.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data_root")
+    added.add_argument("--imb_profile", default="exp", choices=("exp", "step"), help="long-tail profile")
+    added.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    added.add_argument("--meta_start", type=int, default=160, help="first epoch of the MetaSAug phase")
+    added.add_argument("--lr_milestones", type=int, nargs="*", default=[160, 180],
+                       help="epochs where lr is multiplied by 0.01 (applied from epoch+1, as released)")
+    added.add_argument("--workers", type=int, default=4, help="threads decoding the image files")
+    added.add_argument("--checkpoint_dir", default="checkpoints")
+    added.add_argument("--out_dir", default=None, help="logs, TensorBoard, result.json (default runs/<save_name>)")
+    added.add_argument("--resume", default=None, help="checkpoint to continue from (mid-epoch included)")
+    added.add_argument("--max_train_batches", type=int, default=None, help="cap on iterations per epoch")
+    added.add_argument("--max_test_batches", type=int, default=None, help="cap on evaluation batches")
+    added.add_argument("--lookahead", choices=LOOKAHEADS, default="all", help="parameters of the lookahead step")
+    added.add_argument("--meta_gradient", choices=META_GRADIENTS, default="jvp",
+                       help="exact fast path, or the released double backward")
+    return p
+
+
+def validate_args(args):
+    positive = ("batch_size", "test_batch_size", "epochs", "num_classes", "workers", "print_freq")
+    for name in positive:
+        if getattr(args, name) < (0 if name == "workers" else 1):
+            raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("max_train_batches", "max_test_batches"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise DataError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not 0 < args.imb_factor <= 1:
+        raise DataError(f"--imb_factor must be in (0, 1] (0.01 means imbalance 100), got {args.imb_factor}")
+    if args.lr <= 0 or args.lam < 0 or args.meta_lr < 0:
+        raise DataError("--lr must be positive and --lam, --meta_lr non-negative")
+
+
+def resolve_device(args):
+    if args.no_cuda or args.device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        if args.device == "cuda" or args.gpu is not None:
+            raise DataError("CUDA was requested (--device cuda or --gpu) but is not available; "
+                            "use --device cpu")
+        return torch.device("cpu")
+    return torch.device("cuda", args.gpu or 0)
+
+
+def learning_rate(epoch, base_lr, milestones):
+    return base_lr * 0.01 ** sum(epoch >= m for m in milestones)
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a flag checked between iterations, so a checkpoint can be written."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+
+def check_resume(args, checkpoint):
+    config = checkpoint.get("config")
+    if not isinstance(config, dict) or "iteration" not in checkpoint:
+        raise CheckpointError(f"--resume {args.resume} is not a training checkpoint of this repository "
+                              f"(no config or position); start without --resume")
+    clashes = [f"--{k} {getattr(args, k)} vs {config.get(k)}" for k in RESUME_MUST_MATCH
+               if k in config and config[k] != getattr(args, k)]
+    if clashes:
+        raise CheckpointError(f"--resume {args.resume} was written with other flags ({'; '.join(clashes)}); "
+                              f"pass the checkpoint's values or start a new run")
+
+
+class Run:
+    """One training run: state, the two phases' iteration, evaluation, checkpoints and logs."""
+
+    def __init__(self, args, losses):
+        self.args = args
+        self.base = getattr(args, "loss", losses[0])
+        self.device = resolve_device(args)
+        self.resume_state = None
+        if args.resume:
+            self.resume_state = load_checkpoint(args.resume)
+            check_resume(args, self.resume_state)
+        self.data = build_dataset(args.data_root, args.dataset, args.num_meta, args.imb_factor,
+                                  args.imb_profile, args.num_classes, args.download,
+                                  args.workers).to(self.device)
+        self.out_dir = Path(args.out_dir or Path("runs") / args.save_name)
+        self.last_path = Path(args.checkpoint_dir) / f"{args.save_name}_ckpt.pth.tar"
+        self.best_path = Path(args.checkpoint_dir) / f"{args.save_name}_best.pth.tar"
+
+        torch.manual_seed(args.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.model = ResNet32(args.num_classes).to(self.device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
+                                         nesterov=args.nesterov, weight_decay=args.weight_decay)
+        beta = None if args.beta == 0 else args.beta
+        self.criterion = MetaSAugLoss(ResNet32.feature_dim, args.num_classes, self.data.cls_num_list,
+                                      base=self.base, beta=beta, max_m=args.max_m,
+                                      gamma=args.gamma).to(self.device)
+        self.meta = MetaSAug(self.model, self.criterion, meta_lr=args.meta_lr, lookahead=args.lookahead,
+                             meta_gradient=args.meta_gradient)
+        self.position = dict(epoch=0, iteration=0, best_acc1=0.0, best_epoch=None, history=[],
+                             epoch_sums=[0.0, 0, 0], elapsed=0.0)
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+
+    def _restore(self, state):
+        load_model_state(self.model, state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.criterion.load_state_dict(state["criterion"])
+        self.position = dict(epoch=state["epoch"], iteration=state["iteration"], best_acc1=state["best_acc1"],
+                             best_epoch=state["best_epoch"], history=state["history"],
+                             epoch_sums=state["epoch_sums"], elapsed=state["elapsed"])
+
+    def _state(self):
+        """The released checkpoint keys, plus everything --resume needs."""
+        return dict(epoch=self.position["epoch"], state_dict=self.model.state_dict(),
+                    best_acc1=self.position["best_acc1"], optimizer=self.optimizer.state_dict(),
+                    iteration=self.position["iteration"], best_epoch=self.position["best_epoch"],
+                    criterion=self.criterion.state_dict(), history=self.position["history"],
+                    epoch_sums=self.position["epoch_sums"], elapsed=self.position["elapsed"],
+                    config=vars(self.args), cls_num_list=self.data.cls_num_list)
+
+    def _batch(self, images, labels, index, *keys):
+        generator = batch_generator(self.args.seed, *keys, device=self.device)
+        return augment(images[index], generator), labels[index]
+
+    def train_step(self, epoch, iteration, index, lookahead_lr, ratio):
+        x, y = self._batch(self.data.train_images, self.data.train_labels, index, "augment", epoch, iteration)
+        if epoch < self.args.meta_start:
+            _, logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+        else:
+            generator = batch_generator(self.args.seed, "meta", epoch, iteration, device=self.device)
+            meta_index = sample_meta_batch(len(self.data.meta_labels), self.args.batch_size, generator)
+            x_meta, y_meta = self._batch(self.data.meta_images, self.data.meta_labels, meta_index,
+                                         "meta_augment", epoch, iteration)
+            loss, logits = self.meta.step(x, y, x_meta, y_meta, lr=lookahead_lr, ratio=ratio)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), (logits.argmax(1) == y).sum(), len(y)
+
+    def evaluate(self):
+        subset = evaluation_subset(len(self.data.test_labels), self.args.test_batch_size,
+                                   self.args.max_test_batches).to(self.device)
+        labels = self.data.test_labels[subset]
+        predictions = predict(self.model, self.data.test_images[subset], self.args.test_batch_size, normalize)
+        per_class = per_class_accuracy(predictions, labels, self.args.num_classes)
+        return top1_accuracy(predictions, labels), per_class
+
+    def fit(self, stop):
+        args, pos = self.args, self.position
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(self.out_dir))
+        started = time.time() - pos["elapsed"]
+        print(f"training {len(self.data.train_labels)} images per epoch, class counts {self.data.cls_num_list}, "
+              f"meta set {len(self.data.meta_labels)}, test {len(self.data.test_labels)}, device {self.device}",
+              flush=True)
+        for epoch in range(pos["epoch"], args.epochs):
+            lr = learning_rate(epoch + 1, args.lr, args.lr_milestones)
+            lookahead_lr = learning_rate(epoch, args.lr, args.lr_milestones)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            ratio = args.lam * epoch / args.epochs
+            batches = epoch_batches(len(self.data.train_labels), args.batch_size, args.seed, epoch,
+                                    device=self.device)[:args.max_train_batches]
+            losses = []
+            for iteration in range(pos["iteration"], len(batches)):
+                loss, correct, seen = self.train_step(epoch, iteration, batches[iteration], lookahead_lr, ratio)
+                losses.append(loss)
+                sums = pos["epoch_sums"]
+                pos["epoch_sums"] = [sums[0] + loss * seen, sums[1] + correct, sums[2] + seen]
+                pos["iteration"] = iteration + 1
+                if pos["iteration"] % args.print_freq == 0 or stop.signal is not None:
+                    self._check_finite(losses, epoch, iteration + 1 - len(losses))
+                    losses = []
+                    print(f"  epoch {epoch} iter {iteration + 1}/{len(batches)} loss {loss.item():.4f}", flush=True)
+                if stop.signal is not None:
+                    return self._interrupted(stop.signal, started)
+            self._check_finite(losses, epoch, len(batches) - len(losses))
+            self._end_epoch(epoch, lr, started, writer)
+        writer.close()
+        return self._write_result(started)
+
+    def _check_finite(self, losses, epoch, first_iteration):
+        if not losses:
+            return
+        finite = torch.isfinite(torch.stack(losses))
+        if not finite.all():
+            bad = first_iteration + int((~finite).nonzero()[0])
+            raise FloatingPointError(f"non-finite training loss at epoch {epoch}, iteration {bad}; "
+                                     f"stopped, the last good checkpoint {self.last_path} is kept "
+                                     f"(try a lower --lr or --lam)")
+
+    def _end_epoch(self, epoch, lr, started, writer):
+        args, pos = self.args, self.position
+        loss_sum, correct, seen = pos["epoch_sums"]
+        train_loss, train_acc = float(loss_sum) / seen, 100.0 * float(correct) / seen
+        top1, per_class = self.evaluate()
+        is_best = top1 > pos["best_acc1"]
+        if is_best:
+            pos["best_acc1"], pos["best_epoch"] = top1, epoch
+        shots = shot_accuracy(per_class, self.data.cls_num_list)
+        pos["history"].append(dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc,
+                                   test_top1=top1, per_class_accuracy=per_class, shot_accuracy=shots))
+        pos.update(epoch=epoch + 1, iteration=0, epoch_sums=[0.0, 0, 0], elapsed=time.time() - started)
+        elapsed = pos["elapsed"]
+        eta = elapsed / (epoch + 1 - self._first_epoch()) * (args.epochs - epoch - 1) if epoch + 1 > self._first_epoch() else 0
+        print(f"Epoch {epoch + 1}/{args.epochs} | loss {train_loss:.4f} | train acc {train_acc:.2f} | "
+              f"test top-1 {top1:.2f} (best {pos['best_acc1']:.2f}) | lr {lr:g} | "
+              f"elapsed {elapsed / 60:.1f} min | ETA {eta / 60:.1f} min", flush=True)
+        for name, value in (("train/loss", train_loss), ("train/accuracy", train_acc), ("test/top1", top1),
+                            ("lr", lr), *((f"test/{k}_shot", v) for k, v in shots.items() if v is not None)):
+            writer.add_scalar(name, value, epoch)
+        writer.flush()
+        state = self._state()
+        save_checkpoint(state, self.last_path)
+        if is_best:
+            save_checkpoint(state, self.best_path)
+
+    def _first_epoch(self):
+        return self.resume_state["epoch"] if self.resume_state is not None else 0
+
+    def _interrupted(self, signum, started):
+        self.position["elapsed"] = time.time() - started
+        save_checkpoint(self._state(), self.last_path)
+        print(f"interrupted by signal {signum} at epoch {self.position['epoch']}, iteration "
+              f"{self.position['iteration']}; checkpoint written. Resume with the same flags plus "
+              f"--resume {self.last_path}", file=sys.stderr, flush=True)
+        return 128 + signum
+
+    def _write_result(self, started):
+        args, pos = self.args, self.position
+        final = pos["history"][-1]
+        best = next(h for h in pos["history"] if h["epoch"] == pos["best_epoch"]) if pos["best_epoch"] is not None else final
+        result = dict(config=vars(args), commit=git_commit(), seed=args.seed, base_loss=self.base,
+                      device=str(self.device), cls_num_list=self.data.cls_num_list,
+                      class_names=self.data.class_names,
+                      final_epoch=final["epoch"], final_top1_error=100 - final["test_top1"],
+                      best_epoch=best["epoch"], best_top1_error=100 - best["test_top1"],
+                      per_class_accuracy=final["per_class_accuracy"], shot_accuracy=final["shot_accuracy"],
+                      best_per_class_accuracy=best["per_class_accuracy"], best_shot_accuracy=best["shot_accuracy"],
+                      wall_time_s=time.time() - started, history=pos["history"])
+        path = self.out_dir / "result.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)
+        print(f"final top-1 error {result['final_top1_error']:.2f} (epoch {final['epoch'] + 1}), "
+              f"best {result['best_top1_error']:.2f} (epoch {best['epoch'] + 1}); wrote {path}", flush=True)
+        return 0
+
+
+def main(prog, description, losses, argv=None):
+    args = build_parser(prog, description, losses).parse_args(argv)
+    try:
+        validate_args(args)
+        run = Run(args, losses)
+        return run.fit(StopRequest())
+    except (DataError, CheckpointError, FloatingPointError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2 if not isinstance(error, FloatingPointError) else 3
