@@ -20,18 +20,20 @@ def build_parser():
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint_path", required=True)
     p.add_argument("--dataset", default="cifar10", choices=tuple(CIFAR_NUM_CLASSES))
-    p.add_argument("--imb_factor", type=float, default=0.01,
+    p.add_argument("--imb_factor", type=float, default=0.1,
                    help="imbalance of the training set, for the Many/Medium/Few groups")
     p.add_argument("--num_meta", type=int, default=10, help="meta images per class used in training")
-    p.add_argument("--data_root", default="data/cifar10")
+    p.add_argument("--data_root", default=None, help="test images (default data/<dataset>)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--gpu", type=int, default=0, help="CUDA device index")
     p.add_argument("--test-batch-size", dest="test_batch_size", type=int, default=100)
     p.add_argument("--workers", type=int, default=4, help="threads decoding image files")
     return p
 
 
 def evaluate(args):
-    args.no_cuda, args.gpu = False, None
+    args.no_cuda = False
+    args.data_root = args.data_root or f"data/{args.dataset}"
     device = resolve_device(args)
     checkpoint = load_checkpoint(args.checkpoint_path)
     num_classes = CIFAR_NUM_CLASSES[args.dataset]
@@ -50,10 +52,9 @@ def evaluate(args):
     accuracy = top1_accuracy(predictions, labels)
     per_class = per_class_accuracy(predictions, labels, num_classes)
     shots = shot_accuracy(per_class, cls_num_list)
-    print(f"Dataset: {args.dataset}")
-    print(f"Imb_factor: {args.imb_factor}")
-    print(f"Accuracy: {accuracy:.2f}")
-    print(f"Error: {100 - accuracy:.2f}")
+    print("Test result:")
+    print(f"Dataset: {args.dataset}\tImb_factor: {round(1 / args.imb_factor)}\t"
+          f"Accuracy: {accuracy:.2f} \tError: {100 - accuracy:.2f}")
     print("Per-class accuracy: " + ", ".join(f"{name} {acc:.2f}" for name, acc in zip(class_names, per_class)))
     print("Many/Medium/Few-shot accuracy: " + ", ".join(
         f"{group} {'n/a' if value is None else f'{value:.2f}'}" for group, value in shots.items()))

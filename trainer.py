@@ -54,18 +54,20 @@ def build_parser(prog, description, losses):
     p = OneLineParser(prog=prog, description=description,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     released = p.add_argument_group("flags of the released script (same meaning and default)")
-    released.add_argument("--dataset", default="cifar10", choices=("cifar10", "cifar100"))
-    released.add_argument("--batch-size", dest="batch_size", type=int, default=100)
-    released.add_argument("--num_classes", type=int, default=10)
+    released.add_argument("--dataset", default="cifar100", choices=("cifar10", "cifar100"))
+    released.add_argument("--batch-size", dest="batch_size", type=int, default=100, help="training batch size")
+    released.add_argument("--num_classes", type=int, default=100)
     released.add_argument("--num_meta", type=int, default=10, help="meta (validation) images per class")
-    released.add_argument("--imb_factor", type=float, default=0.01,
+    released.add_argument("--imb_factor", type=float, default=0.005,
                           help="smallest/largest class size: 0.01 is 'imbalance 100'")
-    released.add_argument("--test-batch-size", dest="test_batch_size", type=int, default=100)
-    released.add_argument("--epochs", type=int, default=200)
-    released.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.1)
-    released.add_argument("--momentum", type=float, default=0.9)
-    released.add_argument("--nesterov", type=str2bool, default=True)
-    released.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=5e-4)
+    released.add_argument("--test-batch-size", dest="test_batch_size", type=int, default=100,
+                          help="evaluation batch size")
+    released.add_argument("--epochs", type=int, default=200, help="training epochs")
+    released.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.1, help="initial learning rate")
+    released.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    released.add_argument("--nesterov", type=str2bool, default=True, help="Nesterov momentum (true/false)")
+    released.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=5e-4,
+                          help="SGD weight decay")
     released.add_argument("--no-cuda", dest="no_cuda", action="store_true", help="same as --device cpu")
     released.add_argument("--split", type=int, default=1000, help="unused, as in the released script")
     released.add_argument("--seed", type=int, default=42, help="model init, data order, augmentation")
@@ -73,7 +75,7 @@ def build_parser(prog, description, losses):
                           help="iterations between progress lines")
     released.add_argument("--lam", type=float, default=0.25,
                           help="augmentation strength; ratio = lam * epoch / epochs")
-    released.add_argument("--gpu", type=int, default=None, help="CUDA device index")
+    released.add_argument("--gpu", type=int, default=0, help="CUDA device index (with --device auto|cuda)")
     released.add_argument("--meta_lr", type=float, default=0.1, help="step size of the covariance update")
     released.add_argument("--save_name", default="name", help="name of the run's checkpoints and out_dir")
     released.add_argument("--idx", default="0", help="run index, recorded in result.json")
@@ -85,16 +87,19 @@ def build_parser(prog, description, losses):
     added.add_argument("--gamma", type=float, default=1.0, help="focal loss exponent")
     added.add_argument("--max_m", type=float, default=0.5, help="largest LDAM margin")
     added.add_argument("--beta", type=float, default=0.9999, help="class-balanced weights' beta")
-    added.add_argument("--data_root", default="data/cifar10",
-                       help="image folders {train,test}/<class>/* or torchvision's CIFAR python files")
+    added.add_argument("--data_root", default=None,
+                       help="image folders {train,test}/<class>/* or torchvision's CIFAR python files "
+                            "(default data/<dataset>)")
     added.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data_root")
     added.add_argument("--imb_profile", default="exp", choices=("exp", "step"), help="long-tail profile")
-    added.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    added.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="auto: CUDA when available")
     added.add_argument("--meta_start", type=int, default=160, help="first epoch of the MetaSAug phase")
     added.add_argument("--lr_milestones", type=int, nargs="*", default=[160, 180],
                        help="epochs where lr is multiplied by 0.01 (applied from epoch+1, as released)")
     added.add_argument("--workers", type=int, default=4, help="threads decoding the image files")
-    added.add_argument("--checkpoint_dir", default="checkpoints")
+    added.add_argument("--checkpoint_dir", default="checkpoints",
+                       help="<save_name>_ckpt.pth.tar (last epoch) and <save_name>_best.pth.tar go here")
     added.add_argument("--out_dir", default=None, help="logs, TensorBoard, result.json (default runs/<save_name>)")
     added.add_argument("--resume", default=None, help="checkpoint to continue from (mid-epoch included)")
     added.add_argument("--max_train_batches", type=int, default=None, help="cap on iterations per epoch")
@@ -123,11 +128,10 @@ def resolve_device(args):
     if args.no_cuda or args.device == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        if args.device == "cuda" or args.gpu is not None:
-            raise DataError("CUDA was requested (--device cuda or --gpu) but is not available; "
-                            "use --device cpu")
+        if args.device == "cuda":
+            raise DataError("--device cuda was requested but CUDA is not available; use --device cpu")
         return torch.device("cpu")
-    return torch.device("cuda", args.gpu or 0)
+    return torch.device("cuda", args.gpu)
 
 
 def learning_rate(epoch, base_lr, milestones):
@@ -177,6 +181,7 @@ class Run:
         if args.resume:
             self.resume_state = load_checkpoint(args.resume)
             check_resume(args, self.resume_state)
+        args.data_root = args.data_root or str(Path("data") / args.dataset)
         self.data = build_dataset(args.data_root, args.dataset, args.num_meta, args.imb_factor,
                                   args.imb_profile, args.num_classes, args.download,
                                   args.workers).to(self.device)
@@ -286,7 +291,7 @@ class Run:
             return
         finite = torch.isfinite(torch.stack(losses))
         if not finite.all():
-            bad = first_iteration + int((~finite).nonzero()[0])
+            bad = first_iteration + int((~finite).nonzero()[0]) + 1  # counted from 1, as in "iter k/N"
             raise FloatingPointError(f"non-finite training loss at epoch {epoch}, iteration {bad}; "
                                      f"stopped, the last good checkpoint {self.last_path} is kept "
                                      f"(try a lower --lr or --lam)")
