@@ -33,6 +33,8 @@ def build_parser():
 
 def evaluate(args):
     args.no_cuda = False
+    if not 0 < args.imb_factor <= 1:
+        raise DataError(f"--imb_factor must be in (0, 1] (0.01 means imbalance 100), got {args.imb_factor}")
     args.data_root = args.data_root or f"data/{args.dataset}"
     device = resolve_device(args)
     checkpoint = load_checkpoint(args.checkpoint_path)

@@ -7,7 +7,6 @@ BatchNorm ``num_batches_tracked`` entries; DataParallel/DDP checkpoints prefix k
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -54,14 +53,18 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unknown content"
+        # torch wraps every weights-only failure in boilerplate; the blocked object is on a "GLOBAL" line,
+        # anything else (e.g. "Unsupported operand") is bytes that are no pickle at all, such as a text file.
+        blocked = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line]
+        if not blocked:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (another file type)") from error
         raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and plain "
-                              f"containers, which could run code ({first_line}); re-save its state_dict "
+                              f"containers, which could run code ({blocked[0]}); re-save its state_dict "
                               f"from a trusted source") from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+    except Exception as error:  # the weights-only unpickler fed arbitrary bytes raises KeyError, IndexError, ...
+        detail = str(error).splitlines()[0] if str(error) else ""
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another file "
-                              f"type: {str(error).splitlines()[0] if str(error) else type(error).__name__})"
-                              ) from error
+                              f"type: {type(error).__name__} {detail})") from error
 
 
 def model_state_from(checkpoint):

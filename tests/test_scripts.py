@@ -1,0 +1,562 @@
+"""End-to-end tests of the command-line scripts on a tiny generated image-folder dataset.
+
+The training scripts and MetaSAug_test.py run as subprocesses with ``sys.executable``, exactly as
+a user runs them. The many bad-input cases call the same ``main`` functions in-process (a fresh
+interpreter costs seconds of torch import each); a few of them also go through the real scripts.
+"""
+import hashlib
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO_ROOT
+
+import MetaSAug_test
+import trainer
+from checkpoint import load_model_state
+from data_utils import load_split, normalize
+from metrics import per_class_accuracy, predict, top1_accuracy
+from resnet import ResNet32
+
+CE, LDAM, TEST = "MetaSAug_CE_train.py", "MetaSAug_LDAM_train.py", "MetaSAug_test.py"
+TIMEOUT = 300  # seconds for one script run; the runs below take a few seconds each
+# One thread: the runs are tiny, and an oversubscribed OpenMP pool on a shared machine is slow.
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+NUM_CLASSES, EPOCHS = 4, 3
+# 40 training images per class: 2 go to the meta set, the long tail keeps [38, 17, 8, 3] = 66
+# images, i.e. 9 iterations of batch 8 per epoch; epoch 0 is cross-entropy, epochs 1-2 MetaSAug.
+ITERATIONS = 9
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+def make_tree(root, num_classes, train, test, size=8, seed=0):
+    """{train,test}/classNN/*.png: a colour per class plus noise, so there is something to learn."""
+    rng = np.random.RandomState(seed)
+    palette = rng.randint(40, 216, (num_classes, 3))
+    for split, count in (("train", train), ("test", test)):
+        for c in range(num_classes):
+            folder = root / split / f"class{c:02d}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(palette[c] + rng.randint(-40, 41, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root
+
+
+def train_flags(data_root, base, name="tiny", epochs=EPOCHS, num_classes=NUM_CLASSES):
+    """The small flags of a tiny run; checkpoints and logs under `base`."""
+    return ["--data_root", data_root, "--num_classes", num_classes, "--num_meta", 2, "--imb_factor", 0.1,
+            "--batch-size", 8, "--test-batch-size", 16, "--epochs", epochs, "--meta_start", 1,
+            "--lr_milestones", 2, "--print-freq", 1, "--device", "cpu", "--workers", 1,
+            "--checkpoint_dir", base / "ckpt", "--out_dir", base / "out", "--save_name", name]
+
+
+def command(script, args):
+    return [sys.executable, str(REPO_ROOT / script), *map(str, args)]
+
+
+def run_script(script, args, cwd):
+    return subprocess.run(command(script, args), cwd=cwd, capture_output=True, text=True,
+                          timeout=TIMEOUT, env=ENV)
+
+
+def training_run(script, args, base):
+    """Run a training script; returns its process and where it writes."""
+    base.mkdir(parents=True, exist_ok=True)
+    proc = run_script(script, args, cwd=base)
+    name = args[args.index("--save_name") + 1]
+    return SimpleNamespace(proc=proc, base=base, args=args, ckpt=base / "ckpt" / f"{name}_ckpt.pth.tar",
+                           best=base / "ckpt" / f"{name}_best.pth.tar", out=base / "out")
+
+
+def assert_ok(proc):
+    assert proc.returncode == 0, f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+
+
+def assert_one_line_error(returncode, stderr, pattern, expected_code=2):
+    assert returncode == expected_code, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected a one-line message, got:\n{stderr}"
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def snapshot(root):
+    """Every file and folder under `root` with its content hash and mtime, to prove nothing changed."""
+    return {str(p.relative_to(root)): (None if p.is_dir() else
+                                       (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns))
+            for p in sorted(root.rglob("*"))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tree4(tmp_path_factory):
+    return make_tree(tmp_path_factory.mktemp("data") / "tree4", NUM_CLASSES, train=40, test=10)
+
+
+@pytest.fixture(scope="module")
+def tree10(tmp_path_factory):
+    """10 classes, as MetaSAug_test.py --dataset cifar10 requires."""
+    return make_tree(tmp_path_factory.mktemp("data") / "tree10", 10, train=6, test=10, seed=1)
+
+
+@pytest.fixture(scope="module")
+def ce_run(tree4, tmp_path_factory):
+    """One uninterrupted CE run, shared: end-to-end checks, reference of the resume test, bad --resume."""
+    base = tmp_path_factory.mktemp("ce")
+    run = training_run(CE, train_flags(tree4, base), base)
+    assert_ok(run.proc)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The training scripts end to end
+# ---------------------------------------------------------------------------------------------
+
+VARIANTS = {
+    "ce-focal": (CE, ["--loss", "focal"]),
+    "ldam": (LDAM, []),
+    "lookahead-classifier": (CE, ["--lookahead", "classifier"]),
+    "double-backward": (LDAM, ["--meta_gradient", "double_backward"]),
+}
+
+EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) \| loss (\S+) \| train acc (\S+) \| test top-1 (\S+) "
+                        r"\(best (\S+)\) \| lr (\S+) \| elapsed (\S+) min \| ETA (\S+) min$")
+RESUME_KEYS = {"iteration", "best_epoch", "criterion", "history", "epoch_sums", "elapsed", "config",
+               "cls_num_list"}
+
+
+def check_complete_run(run, iterations=ITERATIONS):
+    assert_ok(run.proc)
+    # Checkpoints: the released keys plus what --resume needs, loadable without pickle code.
+    assert run.ckpt.is_file() and run.best.is_file()
+    state = load(run.ckpt)
+    assert {"epoch", "state_dict", "best_acc1", "optimizer"} | RESUME_KEYS <= set(state)
+    assert state["epoch"] == EPOCHS and state["iteration"] == 0
+    model = ResNet32(NUM_CLASSES)
+    load_model_state(model, state["state_dict"])
+    best = load(run.best)
+    assert best["epoch"] == best["best_epoch"] + 1 and best["best_acc1"] == state["best_acc1"]
+
+    # result.json
+    result = json.loads((run.out / "result.json").read_text())
+    for key in ("config", "commit", "seed", "final_top1_error", "best_top1_error", "best_epoch",
+                "per_class_accuracy", "shot_accuracy", "wall_time_s", "history"):
+        assert key in result, key
+    assert result["config"] == state["config"] and result["config"]["epochs"] == EPOCHS
+    assert re.fullmatch(r"[0-9a-f]{40}", result["commit"])
+    assert result["seed"] == 42
+    history = result["history"]
+    assert [h["epoch"] for h in history] == list(range(EPOCHS))
+    accuracies = [h["test_top1"] for h in history]
+    assert result["final_top1_error"] == pytest.approx(100 - accuracies[-1])
+    assert result["best_epoch"] == accuracies.index(max(accuracies))
+    assert result["best_top1_error"] == pytest.approx(100 - max(accuracies))
+    assert best["best_acc1"] == pytest.approx(max(accuracies))
+    assert len(result["per_class_accuracy"]) == NUM_CLASSES
+    assert set(result["shot_accuracy"]) == {"many", "medium", "few"}
+    assert result["wall_time_s"] > 0
+    assert list(run.out.glob("events.out.tfevents.*")), "no TensorBoard events file"
+
+    # The log: one progress line per iteration (--print-freq 1), one summary line per epoch.
+    lines = run.proc.stdout.splitlines()
+    progress = [line for line in lines if line.startswith("  epoch ")]
+    assert len(progress) == EPOCHS * iterations
+    assert progress[iterations].startswith(f"  epoch 1 iter 1/{iterations} loss ")
+    summaries = [EPOCH_LINE.match(line) for line in lines if line.startswith("Epoch ")]
+    assert len(summaries) == EPOCHS and all(summaries), lines
+    for match, entry in zip(summaries, history):
+        assert int(match[1]) == entry["epoch"] + 1 and int(match[2]) == EPOCHS
+        assert float(match[3]) == pytest.approx(entry["train_loss"], abs=1e-4)
+        assert float(match[4]) == pytest.approx(entry["train_acc"], abs=5e-3)
+        assert float(match[5]) == pytest.approx(entry["test_top1"], abs=5e-3)
+        assert float(match[7]) == pytest.approx(entry["lr"])
+        float(match[8]), float(match[9])  # elapsed and ETA are numbers
+    return state, result
+
+
+def test_ce_run_end_to_end(ce_run):
+    check_complete_run(ce_run)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_training_variant_end_to_end(variant, tree4, tmp_path):
+    script, extra = VARIANTS[variant]
+    run = training_run(script, train_flags(tree4, tmp_path) + extra + ["--max_train_batches", 4], tmp_path)
+    state, result = check_complete_run(run, iterations=4)
+    assert result["base_loss"] == ("ldam" if script == LDAM else "focal" if "focal" in extra else "ce")
+    for flag, value in zip(extra[::2], extra[1::2]):  # the variant's flags reached the run
+        assert str(state["config"][flag.lstrip("-")]) == value == str(result["config"][flag.lstrip("-")])
+
+
+def test_ce_run_tensorboard_scalars(ce_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    history = json.loads((ce_run.out / "result.json").read_text())["history"]
+    events = EventAccumulator(str(ce_run.out))
+    events.Reload()
+    top1 = events.Scalars("test/top1")
+    assert [e.step for e in top1] == list(range(EPOCHS))
+    assert [e.value for e in top1] == pytest.approx([h["test_top1"] for h in history], abs=1e-4)
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([h["lr"] for h in history])
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The released command line
+# ---------------------------------------------------------------------------------------------
+
+RELEASED_LDAM = ("--gpu 0 --lr 0.1 --lam 0.75 --imb_factor 0.05 --dataset cifar100 --num_classes 100 "
+                 "--save_name MetaSAug_cifar100_LDAM_imb0.05 --idx 1")
+
+# Defaults of the authors' MetaSAug_LDAM_train.py (BIT-DA/MetaSAug).
+RELEASED_DEFAULTS = dict(dataset="cifar100", batch_size=100, num_classes=100, num_meta=10, imb_factor=0.005,
+                         test_batch_size=100, epochs=200, lr=0.1, momentum=0.9, nesterov=True,
+                         weight_decay=5e-4, no_cuda=False, split=1000, seed=42, print_freq=100, lam=0.25,
+                         gpu=0, meta_lr=0.1, save_name="name", idx="0")
+ADDED_DEFAULTS = dict(meta_start=160, lr_milestones=[160, 180], checkpoint_dir="checkpoints", lookahead="all",
+                      meta_gradient="jvp", resume=None)
+
+
+def test_released_ldam_command_line_parses_unchanged():
+    args = trainer.build_parser(LDAM, "d", ("ldam",)).parse_args(RELEASED_LDAM.split())
+    assert (args.gpu, args.lr, args.lam, args.imb_factor, args.dataset, args.num_classes, args.save_name,
+            args.idx) == (0, 0.1, 0.75, 0.05, "cifar100", 100, "MetaSAug_cifar100_LDAM_imb0.05", "1")
+    assert not hasattr(args, "loss")  # the LDAM script has one base loss
+
+
+@pytest.mark.parametrize("losses", [("ce", "focal"), ("ldam",)], ids=["ce", "ldam"])
+def test_released_and_added_flags_and_defaults(losses):
+    args = vars(trainer.build_parser("prog", "d", losses).parse_args([]))
+    assert {k: args[k] for k in RELEASED_DEFAULTS} == RELEASED_DEFAULTS
+    assert {k: args[k] for k in ADDED_DEFAULTS} == ADDED_DEFAULTS
+    assert args.get("loss") == ("ce" if len(losses) > 1 else None)
+
+
+def test_released_flag_aliases():
+    args = trainer.build_parser("prog", "d", ("ce", "focal")).parse_args(
+        "--learning-rate 0.05 --wd 1e-4 -p 7 --batch-size 64 --test-batch-size 50 --no-cuda --nesterov false".split())
+    assert (args.lr, args.weight_decay, args.print_freq, args.batch_size, args.test_batch_size, args.no_cuda,
+            args.nesterov) == (0.05, 1e-4, 7, 64, 50, True, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Learning-rate schedule and the released off-by-one
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("epoch, optimizer_lr, lookahead_lr", [
+    (0, 0.1, 0.1), (158, 0.1, 0.1), (159, 1e-3, 0.1), (160, 1e-3, 1e-3),
+    (178, 1e-3, 1e-3), (179, 1e-5, 1e-3), (180, 1e-5, 1e-5), (199, 1e-5, 1e-5)])
+def test_learning_rate_schedule_and_off_by_one(epoch, optimizer_lr, lookahead_lr):
+    # The released loop calls adjust_learning_rate(optimizer, epoch + 1); the lookahead uses epoch.
+    assert trainer.learning_rate(epoch + 1, 0.1, [160, 180]) == pytest.approx(optimizer_lr, rel=1e-12)
+    assert trainer.learning_rate(epoch, 0.1, [160, 180]) == pytest.approx(lookahead_lr, rel=1e-12)
+
+
+def test_learning_rate_without_milestones():
+    assert trainer.learning_rate(500, 0.2, []) == 0.2
+
+
+def test_training_applies_the_off_by_one(ce_run):
+    # --lr_milestones 2: epoch 1 already trains at lr(2) = 0.001, not at 0.1.
+    history = json.loads((ce_run.out / "result.json").read_text())["history"]
+    assert [h["lr"] for h in history] == pytest.approx([0.1, 0.001, 0.001])
+    groups = load(ce_run.ckpt)["optimizer"]["param_groups"]
+    assert all(g["lr"] == pytest.approx(0.001) for g in groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. MetaSAug_test.py on the released checkpoint layout
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ce_run10(tree10, tmp_path_factory):
+    """A short CE run on 10 classes (what MetaSAug_test.py --dataset cifar10 evaluates); long enough
+    that the model's predictions are not all one class, so equal accuracies mean something."""
+    base = tmp_path_factory.mktemp("ce10")
+    flags = train_flags(tree10, base, num_classes=10) + ["--num_meta", 1, "--imb_factor", 0.5,
+                                                         "--meta_start", EPOCHS, "--lr", 0.02]
+    run = training_run(CE, flags, base)
+    assert_ok(run.proc)
+    return run
+
+
+def released_checkpoint(state, prefix=""):
+    """The authors' layout: four keys, no BatchNorm num_batches_tracked; optional DataParallel prefix."""
+    state_dict = {prefix + k: v for k, v in state["state_dict"].items() if not k.endswith("num_batches_tracked")}
+    return {"epoch": state["epoch"], "state_dict": state_dict, "best_acc1": state["best_acc1"],
+            "optimizer": state["optimizer"]}
+
+
+@pytest.mark.parametrize("prefix", ["", "module."], ids=["released", "dataparallel"])
+def test_test_script_predicts_like_the_model_that_wrote_the_checkpoint(ce_run10, tree10, tmp_path, prefix):
+    state = load(ce_run10.ckpt)
+    released = released_checkpoint(state, prefix)
+    assert not any("num_batches_tracked" in k for k in released["state_dict"])
+    path = tmp_path / "released.pth.tar"
+    torch.save(released, path)
+
+    proc = run_script(TEST, ["--checkpoint_path", path, "--dataset", "cifar10", "--data_root", tree10,
+                             "--imb_factor", 0.5, "--num_meta", 1, "--device", "cpu", "--workers", 1,
+                             "--test-batch-size", 16], cwd=tmp_path)
+    assert_ok(proc)
+
+    model = ResNet32(10)
+    model.load_state_dict(state["state_dict"])  # the trainer's own model, num_batches_tracked and all
+    images, labels, names = load_split(tree10, "test")
+    predictions = predict(model, images, 16, normalize)
+    assert len(predictions.unique()) > 2, "degenerate model: the comparison below would prove little"
+    accuracy = top1_accuracy(predictions, labels)
+    per_class = per_class_accuracy(predictions, labels, 10)
+    printed = re.search(r"Accuracy: ([\d.]+)", proc.stdout)
+    assert printed, proc.stdout
+    assert printed[1] == f"{accuracy:.2f}"
+    assert re.search(r"Error: ([\d.]+)", proc.stdout)[1] == f"{100 - accuracy:.2f}"
+    expected = "Per-class accuracy: " + ", ".join(f"{n} {a:.2f}" for n, a in zip(names, per_class))
+    assert expected in proc.stdout.splitlines()
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Bad input: exit code 2, one line on stderr, nothing written
+# ---------------------------------------------------------------------------------------------
+
+def ce_main(argv):
+    return trainer.main(CE, "d", ("ce", "focal"), argv)
+
+
+def call_main(main, argv, capsys):
+    """In-process run of a script's main: (exit code, stderr, warnings a user would see)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit:  # argparse
+            code = exit.code
+    _, err = capsys.readouterr()
+    shown = [str(w.message) for w in caught
+             if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))]
+    return code, err, shown
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, tree4, ce_run):
+    """The inputs the bad-input cases point at, all under tmp_path (snapshotted before and after)."""
+    inputs = tmp_path / "inputs"
+    (inputs / "empty").mkdir(parents=True)
+    other = inputs / "other_layout"
+    (other / "images").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(other / "images" / "a.png")
+    (other / "README.txt").write_text("not a dataset\n")
+    good = ce_run.ckpt.read_bytes()
+    (inputs / "truncated.pth.tar").write_bytes(good[:len(good) // 2])
+    (inputs / "notes.txt").write_text("epoch 3 best 0.5\nthis is not a checkpoint\n")
+    (inputs / "good.pth.tar").write_bytes(good)
+    torch.save(released_checkpoint(load(ce_run.ckpt)), inputs / "released.pth.tar")
+    return inputs
+
+
+TRAIN_BAD_INPUTS = {
+    "missing-data-root": (["--data_root", "{inputs}/nope"], r"--data_root .*nope does not exist"),
+    "empty-data-root": (["--data_root", "{inputs}/empty"], r"holds neither train/<class>/"),
+    "neither-layout": (["--data_root", "{inputs}/other_layout"], r"holds neither train/<class>/"),
+    "imb-factor-0": (["--imb_factor", "0"], r"--imb_factor must be in \(0, 1\]"),
+    "imb-factor-1.5": (["--imb_factor", "1.5"], r"--imb_factor must be in \(0, 1\]"),
+    "num-meta-too-large": (["--num_meta", "40"], r"has 40 training images but --num_meta 40 needs at least 41"),
+    "num-classes-disagree": (["--num_classes", "5"], r"holds 4 classes but --num_classes is 5"),
+    "unknown-dataset": (["--dataset", "imagenet"], r"argument --dataset: invalid choice: 'imagenet'"),
+    "resume-missing": (["--resume", "{inputs}/nope.pth.tar"], r"nope\.pth\.tar does not exist"),
+    "resume-truncated": (["--resume", "{inputs}/truncated.pth.tar"], r"not a readable PyTorch checkpoint"),
+    "resume-text-file": (["--resume", "{inputs}/notes.txt"], r"not a readable PyTorch checkpoint"),
+    "resume-released-layout": (["--resume", "{inputs}/released.pth.tar"], r"not a training checkpoint"),
+    "resume-other-flags": (["--resume", "{inputs}/good.pth.tar", "--lam", "0.5"],
+                           r"was written with other flags \(--lam 0\.5 vs 0\.25\)"),
+}
+
+
+def bad_argv(tree4, tmp_path, inputs, case):
+    extra, pattern = TRAIN_BAD_INPUTS[case]
+    extra = [a.format(inputs=inputs) for a in extra]
+    return train_flags(tree4, tmp_path) + extra, pattern  # later flags win
+
+
+@pytest.mark.parametrize("case", TRAIN_BAD_INPUTS)
+def test_training_bad_input(case, tree4, tmp_path, bad_inputs, capsys):
+    argv, pattern = bad_argv(tree4, tmp_path, bad_inputs, case)
+    before = snapshot(tmp_path)
+    code, err, shown = call_main(ce_main, argv, capsys)
+    assert_one_line_error(code, err, pattern)
+    assert err.startswith(f"{CE}: error: ")
+    assert shown == []
+    assert snapshot(tmp_path) == before  # no checkpoint_dir, no out_dir, inputs untouched
+
+
+def test_test_script_rejects_a_checkpoint_for_another_class_count(ce_run, tree10, tmp_path, capsys):
+    before = snapshot(tmp_path)
+    code, err, shown = call_main(MetaSAug_test.main, ["--checkpoint_path", ce_run.ckpt, "--dataset", "cifar10",
+                                                      "--data_root", tree10, "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, r"linear\.weight has shape \[4, 64\] but the model expects \[10, 64\]; "
+                                     r"check --num_classes / --dataset")
+    assert shown == [] and snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("script, case", [(CE, "missing-data-root"), (LDAM, "unknown-dataset"),
+                                          (CE, "resume-text-file"), (LDAM, "resume-truncated")])
+def test_bad_input_through_the_real_script(script, case, tree4, tmp_path, bad_inputs):
+    argv, pattern = bad_argv(tree4, tmp_path, bad_inputs, case)
+    before = snapshot(tmp_path)
+    proc = run_script(script, argv, cwd=tmp_path)
+    assert_one_line_error(proc.returncode, proc.stderr, pattern)
+    assert proc.stderr.startswith(f"{script}: error: ")
+    assert snapshot(tmp_path) == before  # nor runs/ in the working directory
+
+
+def test_test_script_bad_checkpoint_through_the_real_script(ce_run, tree10, tmp_path):
+    before = snapshot(tmp_path)
+    proc = run_script(TEST, ["--checkpoint_path", ce_run.ckpt, "--dataset", "cifar10", "--data_root", tree10,
+                             "--device", "cpu"], cwd=tmp_path)
+    assert_one_line_error(proc.returncode, proc.stderr, r"has shape \[4, 64\].*--num_classes")
+    assert snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. SIGTERM mid-epoch, then --resume, ends bit-identical
+# ---------------------------------------------------------------------------------------------
+
+class LineReader:
+    """Reads a process's stdout on a thread, so the test can wait for a line with a timeout."""
+
+    def __init__(self, stream):
+        self.lines, self.seen = queue.Queue(), []
+        self.thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _pump(self, stream):
+        for line in stream:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, pattern, timeout):
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                raise AssertionError(f"the process ended before printing {pattern!r}:\n{''.join(self.seen)}")
+            self.seen.append(line)
+            if re.match(pattern, line):
+                return line
+        raise AssertionError(f"no line {pattern!r} within {timeout} s:\n{''.join(self.seen)}")
+
+    def rest(self, timeout):
+        self.thread.join(timeout)
+        while not self.lines.empty():
+            line = self.lines.get()
+            if line is not None:
+                self.seen.append(line)
+        return "".join(self.seen)
+
+
+def assert_tensors_equal(a, b, where):
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and (a.dtype, a.shape) == (b.dtype, b.shape), f"{where}: {b!r}"
+        if not torch.equal(a, b):
+            diff = (a.double() - b.double()).abs().max().item()
+            pytest.fail(f"{where} differs between the runs (max abs difference {diff:.3g})")
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_tensors_equal(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_tensors_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_sigterm_mid_epoch_then_resume_is_bit_identical(ce_run, tree4, tmp_path):
+    flags = train_flags(tree4, tmp_path)  # same flags as ce_run, other checkpoint_dir and out_dir
+    ckpt = tmp_path / "ckpt" / "tiny_ckpt.pth.tar"
+    assert ckpt != ce_run.ckpt
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(command(CE, flags), cwd=tmp_path, stdout=subprocess.PIPE, stderr=stderr,
+                                text=True, env=ENV)
+    try:
+        reader = LineReader(proc.stdout)
+        reader.wait_for(r"  epoch 1 iter 3/", timeout=TIMEOUT)  # inside the MetaSAug phase
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stdout = reader.rest(timeout=10)
+    err = stderr_path.read_text()
+    assert_one_line_error(code, err, rf"interrupted by signal 15 .*Resume with the same flags plus "
+                                     rf"--resume {re.escape(str(ckpt))}", expected_code=128 + signal.SIGTERM)
+    assert not (tmp_path / "out" / "result.json").exists()
+    interrupted = load(ckpt)
+    position = (interrupted["epoch"], interrupted["iteration"])
+    assert interrupted["epoch"] >= 1 and 0 < interrupted["iteration"] < ITERATIONS, position
+    assert f"  epoch {position[0]} iter {position[1]}/{ITERATIONS} " in stdout
+
+    resumed = run_script(CE, flags + ["--resume", ckpt], cwd=tmp_path)
+    assert_ok(resumed)
+    first = resumed.stdout.splitlines()[1]
+    assert first.startswith(f"  epoch {position[0]} iter {position[1] + 1}/{ITERATIONS} "), resumed.stdout
+
+    a, b = load(ce_run.ckpt), load(ckpt)
+    assert_tensors_equal(a["state_dict"], b["state_dict"], "state_dict")
+    assert_tensors_equal(a["optimizer"], b["optimizer"], "optimizer")
+    assert_tensors_equal(a["criterion"], b["criterion"], "criterion")
+    assert a["criterion"]["estimator.covariance"].abs().sum() > 0  # the estimator did run
+    assert_tensors_equal(a["epoch_sums"], b["epoch_sums"], "epoch_sums")
+    assert (a["epoch"], a["iteration"], a["best_acc1"], a["best_epoch"]) == \
+        (b["epoch"], b["iteration"], b["best_acc1"], b["best_epoch"])
+    result_a = json.loads((ce_run.out / "result.json").read_text())
+    result_b = json.loads((tmp_path / "out" / "result.json").read_text())
+    for key in ("final_top1_error", "best_top1_error", "best_epoch", "per_class_accuracy", "history"):
+        assert result_a[key] == result_b[key], key
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. A non-finite loss stops the run and keeps the last good checkpoint
+# ---------------------------------------------------------------------------------------------
+
+def test_non_finite_loss_stops_with_epoch_and_iteration(tree4, tmp_path):
+    # ratio = lam * epoch / epochs: harmless in the CE epoch 0, overflowing at the first MetaSAug step.
+    run = training_run(CE, train_flags(tree4, tmp_path) + ["--lam", "1e30"], tmp_path)
+    assert_one_line_error(run.proc.returncode, run.proc.stderr,
+                          r"non-finite training loss at epoch 1, iteration 1; .*last good checkpoint "
+                          + re.escape(str(run.ckpt)), expected_code=3)
+    assert "Epoch 1/3" in run.proc.stdout and "Epoch 2/3" not in run.proc.stdout
+    state = load(run.ckpt)
+    assert (state["epoch"], state["iteration"]) == (1, 0)
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    load_model_state(ResNet32(NUM_CLASSES), state["state_dict"])
+    assert not (run.out / "result.json").exists()
