@@ -107,6 +107,8 @@ def build_parser(prog, description, losses):
     added.add_argument("--lookahead", choices=LOOKAHEADS, default="all", help="parameters of the lookahead step")
     added.add_argument("--meta_gradient", choices=META_GRADIENTS, default="jvp",
                        help="exact fast path, or the released double backward")
+    added.add_argument("--channels_last", type=str2bool, default=True,
+                       help="NHWC memory format for the network (faster convolutions on CPU and GPU)")
     return p
 
 
@@ -192,7 +194,8 @@ class Run:
         torch.manual_seed(args.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.model = ResNet32(args.num_classes).to(self.device)
+        self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.model = ResNet32(args.num_classes).to(self.device, memory_format=self.memory_format)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                          nesterov=args.nesterov, weight_decay=args.weight_decay)
         beta = None if args.beta == 0 else args.beta
@@ -216,16 +219,17 @@ class Run:
 
     def _state(self):
         """The released checkpoint keys, plus everything --resume needs."""
-        return dict(epoch=self.position["epoch"], state_dict=self.model.state_dict(),
-                    best_acc1=self.position["best_acc1"], optimizer=self.optimizer.state_dict(),
-                    iteration=self.position["iteration"], best_epoch=self.position["best_epoch"],
-                    criterion=self.criterion.state_dict(), history=self.position["history"],
-                    epoch_sums=self.position["epoch_sums"], elapsed=self.position["elapsed"],
+        pos = self.position
+        return dict(epoch=pos["epoch"], state_dict=self.model.state_dict(),
+                    best_acc1=pos["best_acc1"], optimizer=self.optimizer.state_dict(),
+                    iteration=pos["iteration"], best_epoch=pos["best_epoch"],
+                    criterion=self.criterion.state_dict(), history=pos["history"],
+                    epoch_sums=[float(s) for s in pos["epoch_sums"]], elapsed=pos["elapsed"],
                     config=vars(self.args), cls_num_list=self.data.cls_num_list)
 
     def _batch(self, images, labels, index, *keys):
         generator = batch_generator(self.args.seed, *keys, device=self.device)
-        return augment(images[index], generator), labels[index]
+        return augment(images[index], generator).contiguous(memory_format=self.memory_format), labels[index]
 
     def train_step(self, epoch, iteration, index, lookahead_lr, ratio):
         x, y = self._batch(self.data.train_images, self.data.train_labels, index, "augment", epoch, iteration)
@@ -247,7 +251,8 @@ class Run:
         subset = evaluation_subset(len(self.data.test_labels), self.args.test_batch_size,
                                    self.args.max_test_batches).to(self.device)
         labels = self.data.test_labels[subset]
-        predictions = predict(self.model, self.data.test_images[subset], self.args.test_batch_size, normalize)
+        predictions = predict(self.model, self.data.test_images[subset], self.args.test_batch_size,
+                              lambda images: normalize(images).contiguous(memory_format=self.memory_format))
         per_class = per_class_accuracy(predictions, labels, self.args.num_classes)
         return top1_accuracy(predictions, labels), per_class
 
@@ -309,7 +314,7 @@ class Run:
                                    test_top1=top1, per_class_accuracy=per_class, shot_accuracy=shots))
         pos.update(epoch=epoch + 1, iteration=0, epoch_sums=[0.0, 0, 0], elapsed=time.time() - started)
         elapsed = pos["elapsed"]
-        eta = elapsed / (epoch + 1 - self._first_epoch()) * (args.epochs - epoch - 1) if epoch + 1 > self._first_epoch() else 0
+        eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
         print(f"Epoch {epoch + 1}/{args.epochs} | loss {train_loss:.4f} | train acc {train_acc:.2f} | "
               f"test top-1 {top1:.2f} (best {pos['best_acc1']:.2f}) | lr {lr:g} | "
               f"elapsed {elapsed / 60:.1f} min | ETA {eta / 60:.1f} min", flush=True)
@@ -321,9 +326,6 @@ class Run:
         save_checkpoint(state, self.last_path)
         if is_best:
             save_checkpoint(state, self.best_path)
-
-    def _first_epoch(self):
-        return self.resume_state["epoch"] if self.resume_state is not None else 0
 
     def _interrupted(self, signum, started):
         self.position["elapsed"] = time.time() - started
