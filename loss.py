@@ -52,7 +52,7 @@ class EstimatorCV(nn.Module):
 
     ``covariance`` is ``[C, A, A]`` (full, CIFAR) or ``[C, A]`` (diagonal, ImageNet/iNat).
     The statistics are buffers, so they move with ``.to()`` and are saved in ``state_dict()``;
-    ``update`` also moves them to the dtype and device of the features it is given.
+    ``update`` also moves them to the features' device and, if more precise, their dtype.
     """
 
     def __init__(self, feature_dim, num_classes, diagonal=False):
@@ -74,8 +74,10 @@ class EstimatorCV(nn.Module):
         if features.dim() != 2 or features.shape[1] != self.feature_dim:
             raise ValueError(f"features must have shape [N, {self.feature_dim}], got {list(features.shape)}")
         _check_labels(labels, features.shape[0], self.num_classes)
-        self.to(device=features.device, dtype=features.dtype)
-        features = features.detach()
+        # Never lose precision: float64 features promote the state, bf16 ones (autocast) do not demote it.
+        dtype = torch.promote_types(self.covariance.dtype, features.dtype)
+        self.to(device=features.device, dtype=dtype)
+        features = features.detach().to(dtype)
         onehot = F.one_hot(labels, self.num_classes).to(features.dtype)
         counts = onehot.sum(0)
         per_class = counts.clamp(min=1)
@@ -84,8 +86,9 @@ class EstimatorCV(nn.Module):
         if self.diagonal:
             outer = centered * centered
         else:
-            outer = centered[:, :, None] * centered[:, None, :]
-        batch_cov = torch.zeros_like(self.covariance).index_add_(0, labels, outer)
+            outer = (centered[:, :, None] * centered[:, None, :]).flatten(1)
+        # A matrix product sums per class deterministically (index_add_ uses atomics on CUDA).
+        batch_cov = (onehot.t() @ outer).view_as(self.covariance)
         batch_cov /= per_class.view(-1, *[1] * (batch_cov.dim() - 1))
 
         weight = torch.where(counts > 0, counts / (counts + self.amount), torch.zeros_like(counts))
