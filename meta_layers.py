@@ -136,7 +136,8 @@ class MetaSAug:
         tangents = dict(zip(params, direction))
         primals = {name: p.detach() for name, p in params.items()}
         detached_features = features.detach()
-        with frozen_batchnorm_statistics(self.model):
+        # Forward-mode AD does not mix with autocast's casts; the JVP runs in the parameters' dtype.
+        with frozen_batchnorm_statistics(self.model), torch.autocast(inputs.device.type, enabled=False):
             _, logits_tangent = jvp(lambda p: self._logits(p, inputs, detached_features),
                                     (primals,), (tangents,))
         weight_tangent = tangents.get(self._weight_key)

@@ -15,22 +15,35 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from data_utils import (DataError, augment, batch_generator, build_dataset, epoch_batches,
                         normalize, sample_meta_batch)
-from loss import MetaSAugLoss
+from figures import confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
+from loss import MetaSAugLoss, classification_loss
 from meta_layers import LOOKAHEADS, META_GRADIENTS, MetaSAug
 from metrics import evaluation_subset, per_class_accuracy, predict, shot_accuracy, top1_accuracy
 from resnet import ResNet32
+
+# --method: how each epoch trains. The paper row reproduced is named in --help and the README.
+METHODS = {
+    "metasaug": "MetaSAug (Tables 1-2): plain CE until --meta_start, then MetaSAug, class-balanced",
+    "metasaug_no_reweight": "Table 5 'MetaSAug w/o re-weighting': as metasaug, no class weights",
+    "isda": "Table 5 'MetaSAug w/o meta-learning': ISDA with the estimated covariance from --meta_start",
+    "plain": "the base loss alone, every epoch ('Cross-entropy training', 'Focal loss', 'LDAM loss')",
+    "cb": "base loss with class-balanced weights every epoch ('Class-balanced cross-entropy/focal loss')",
+    "drw": "base loss, class-balanced weights from --meta_start (deferred re-weighting: 'LDAM-DRW')",
+}
+AUGMENTED = ("metasaug", "metasaug_no_reweight", "isda")
 
 # Flags whose change would make a resumed run a different experiment.
 RESUME_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_profile", "batch_size",
                      "epochs", "lr", "momentum", "nesterov", "weight_decay", "seed", "lam", "meta_lr",
                      "meta_start", "lr_milestones", "loss", "gamma", "max_m", "beta", "lookahead",
-                     "max_train_batches")
+                     "max_train_batches", "method", "amp")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -81,6 +94,8 @@ def build_parser(prog, description, losses):
     released.add_argument("--idx", default="0", help="run index, recorded in result.json")
 
     added = p.add_argument_group("added by this repository")
+    added.add_argument("--method", choices=tuple(METHODS), default="metasaug",
+                       help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
     if len(losses) > 1:
         added.add_argument("--loss", choices=losses, default=losses[0],
                            help="base loss of the MetaSAug phase ('focal': Table 1 'MetaSAug with focal loss')")
@@ -109,6 +124,10 @@ def build_parser(prog, description, losses):
                        help="exact fast path, or the released double backward")
     added.add_argument("--channels_last", type=str2bool, default=True,
                        help="NHWC memory format for the network (faster convolutions on CPU and GPU)")
+    added.add_argument("--amp", action="store_true",
+                       help="bf16 autocast of the training and evaluation passes (opt-in: changes the numerics)")
+    added.add_argument("--compile", action="store_true",
+                       help="torch.compile the network for the plain phase and evaluation (opt-in)")
     return p
 
 
@@ -187,6 +206,7 @@ class Run:
         self.data = build_dataset(args.data_root, args.dataset, args.num_meta, args.imb_factor,
                                   args.imb_profile, args.num_classes, args.download,
                                   args.workers).to(self.device)
+        self.rarest = min(range(len(self.data.cls_num_list)), key=self.data.cls_num_list.__getitem__)
         self.out_dir = Path(args.out_dir or Path("runs") / args.save_name)
         self.last_path = Path(args.checkpoint_dir) / f"{args.save_name}_ckpt.pth.tar"
         self.best_path = Path(args.checkpoint_dir) / f"{args.save_name}_best.pth.tar"
@@ -198,12 +218,13 @@ class Run:
         self.model = ResNet32(args.num_classes).to(self.device, memory_format=self.memory_format)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                          nesterov=args.nesterov, weight_decay=args.weight_decay)
-        beta = None if args.beta == 0 else args.beta
+        beta = None if args.beta == 0 or args.method in ("metasaug_no_reweight", "plain") else args.beta
         self.criterion = MetaSAugLoss(ResNet32.feature_dim, args.num_classes, self.data.cls_num_list,
                                       base=self.base, beta=beta, max_m=args.max_m,
                                       gamma=args.gamma).to(self.device)
         self.meta = MetaSAug(self.model, self.criterion, meta_lr=args.meta_lr, lookahead=args.lookahead,
                              meta_gradient=args.meta_gradient)
+        self.forward_model = torch.compile(self.model) if args.compile else self.model
         self.position = dict(epoch=0, iteration=0, best_acc1=0.0, best_epoch=None, history=[],
                              epoch_sums=[0.0, 0, 0], elapsed=0.0)
         if self.resume_state is not None:
@@ -233,28 +254,50 @@ class Run:
 
     def train_step(self, epoch, iteration, index, lookahead_lr, ratio):
         x, y = self._batch(self.data.train_images, self.data.train_labels, index, "augment", epoch, iteration)
-        if epoch < self.args.meta_start:
-            _, logits = self.model(x)
+        with self._autocast():
+            loss, logits = self._loss(x, y, epoch, iteration, lookahead_lr, ratio)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), (logits.argmax(1) == y).sum(), len(y)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.amp)
+
+    def _loss(self, x, y, epoch, iteration, lookahead_lr, ratio):
+        """The training loss of ``--method`` in this epoch's phase, and the logits."""
+        method, second_phase = self.args.method, epoch >= self.args.meta_start
+        if method in AUGMENTED and not second_phase:
+            _, logits = self.forward_model(x)
             loss = F.cross_entropy(logits, y)
+        elif method == "isda":
+            features, logits = self.forward_model(x)
+            estimator = self.criterion.estimator
+            estimator.update(features.detach(), y)
+            loss = self.criterion(logits, self.model.linear.weight, y, estimator.covariance, ratio)
+        elif method not in AUGMENTED:
+            _, logits = self.forward_model(x)
+            reweight = method == "cb" or (method == "drw" and second_phase)
+            loss = classification_loss(logits, y, self.base, self.criterion.class_weights if reweight else None,
+                                       self.criterion.margins, self.args.gamma)
         else:
             generator = batch_generator(self.args.seed, "meta", epoch, iteration, device=self.device)
             meta_index = sample_meta_batch(len(self.data.meta_labels), self.args.batch_size, generator)
             x_meta, y_meta = self._batch(self.data.meta_images, self.data.meta_labels, meta_index,
                                          "meta_augment", epoch, iteration)
             loss, logits = self.meta.step(x, y, x_meta, y_meta, lr=lookahead_lr, ratio=ratio)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach(), (logits.argmax(1) == y).sum(), len(y)
+        return loss, logits
 
     def evaluate(self):
         subset = evaluation_subset(len(self.data.test_labels), self.args.test_batch_size,
                                    self.args.max_test_batches).to(self.device)
         labels = self.data.test_labels[subset]
-        predictions = predict(self.model, self.data.test_images[subset], self.args.test_batch_size,
-                              lambda images: normalize(images).contiguous(memory_format=self.memory_format))
+        with self._autocast():
+            predictions = predict(self.forward_model, self.data.test_images[subset], self.args.test_batch_size,
+                                  lambda images: normalize(images).contiguous(memory_format=self.memory_format))
         per_class = per_class_accuracy(predictions, labels, self.args.num_classes)
-        return top1_accuracy(predictions, labels), per_class
+        confusion = confusion_matrix(predictions, labels, self.args.num_classes)
+        return top1_accuracy(predictions, labels), per_class, confusion
 
     def fit(self, stop):
         args, pos = self.args, self.position
@@ -305,13 +348,17 @@ class Run:
         args, pos = self.args, self.position
         loss_sum, correct, seen = pos["epoch_sums"]
         train_loss, train_acc = float(loss_sum) / seen, 100.0 * float(correct) / seen
-        top1, per_class = self.evaluate()
+        top1, per_class, confusion = self.evaluate()
         is_best = top1 > pos["best_acc1"]
         if is_best:
             pos["best_acc1"], pos["best_epoch"] = top1, epoch
         shots = shot_accuracy(per_class, self.data.cls_num_list)
+        spectrum = self._covariance_spectrum()
+        for entry in pos["history"]:  # the confusion matrix is kept for the last epoch only
+            entry.pop("confusion_matrix", None)
         pos["history"].append(dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc,
-                                   test_top1=top1, per_class_accuracy=per_class, shot_accuracy=shots))
+                                   test_top1=top1, per_class_accuracy=per_class, shot_accuracy=shots,
+                                   confusion_matrix=confusion.tolist(), covariance_spectrum=spectrum))
         pos.update(epoch=epoch + 1, iteration=0, epoch_sums=[0.0, 0, 0], elapsed=time.time() - started)
         elapsed = pos["elapsed"]
         eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
@@ -321,11 +368,35 @@ class Run:
         for name, value in (("train/loss", train_loss), ("train/accuracy", train_acc), ("test/top1", top1),
                             ("lr", lr), *((f"test/{k}_shot", v) for k, v in shots.items() if v is not None)):
             writer.add_scalar(name, value, epoch)
+        self._write_figures(epoch, confusion, spectrum, writer)
         writer.flush()
         state = self._state()
         save_checkpoint(state, self.last_path)
         if is_best:
             save_checkpoint(state, self.best_path)
+
+    def _covariance_spectrum(self):
+        """Fig. 2: top-5 normalised singular values of the rarest class's covariance (ISDA's
+        estimate, and the meta-learned one of the epoch's last iteration), once there is one."""
+        spectrum = {}
+        if self.criterion.estimator.amount[self.rarest] > 0:
+            spectrum["isda"] = top_singular_values(self.criterion.estimator.covariance[self.rarest])
+        if self.meta.learned_covariance is not None:
+            spectrum["meta_learned"] = top_singular_values(self.meta.learned_covariance[self.rarest])
+        return spectrum
+
+    def _write_figures(self, epoch, confusion, spectrum, writer):
+        """Fig. 4 and Fig. 2 as PNG files in --out_dir (overwritten each epoch) and in TensorBoard."""
+        image = save_confusion_png(confusion, self.data.class_names, self.out_dir / "confusion_matrix.png",
+                                   f"confusion matrix (%), epoch {epoch + 1}; rows: true class")
+        writer.add_image("figures/confusion_matrix", np.asarray(image), epoch, dataformats="HWC")
+        for name, values in spectrum.items():
+            for i, value in enumerate(values):
+                writer.add_scalar(f"covariance_rarest_class/{name}_s{i + 1}", value, epoch)
+        if spectrum:
+            save_spectrum_png(spectrum, self.out_dir / "covariance_spectrum.png",
+                              f"rarest class '{self.data.class_names[self.rarest]}': top-5 singular values / max, "
+                              f"epoch {epoch + 1}")
 
     def _interrupted(self, signum, started):
         self.position["elapsed"] = time.time() - started
@@ -346,6 +417,7 @@ class Run:
                       best_epoch=best["epoch"], best_top1_error=100 - best["test_top1"],
                       per_class_accuracy=final["per_class_accuracy"], shot_accuracy=final["shot_accuracy"],
                       best_per_class_accuracy=best["per_class_accuracy"], best_shot_accuracy=best["shot_accuracy"],
+                      confusion_matrix=final["confusion_matrix"], covariance_spectrum=final["covariance_spectrum"],
                       wall_time_s=time.time() - started, history=pos["history"])
         path = self.out_dir / "result.json"
         tmp = path.with_suffix(".json.tmp")
