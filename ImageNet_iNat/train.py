@@ -1,0 +1,481 @@
+"""MetaSAug on ImageNet-LT and iNaturalist 2017/2018 (stage 2), and the stage-1 network it starts from.
+
+Stage 2 (default, the paper's recipe): a frozen ResNet feature extractor from a stage-1 checkpoint
+(cRT "uniform sampling", ``--model_file``); only the linear classifier is trained, with MetaSAug
+(diagonal covariance, lookahead on the classifier with step = lr, class-balanced weights).
+Stage 1 (``--stage 1``): plain cross-entropy training of the whole network with instance-balanced
+sampling (cRT's recipe: SGD, cosine learning rate), written in the cRT layout stage 2 reads.
+
+Single process:   python ImageNet_iNat/train.py --dataset ImageNet_LT --data_root data/ImageNet ...
+Several GPUs:     torchrun --nproc_per_node 4 ImageNet_iNat/train.py ...   (see ImageNet_iNat/README.md)
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the repository's shared modules (loss, meta_layers, ...)
+if str(HERE) not in sys.path:
+    sys.path.insert(1, str(HERE))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+from checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from dataloader import (DATASETS, DataError, epoch_train_keys, load_data, one_line,  # noqa: E402
+                        step_meta_indices, step_meta_keys)
+from dist_utils import (GlobalBatchEstimatorCV, average_gradients, broadcast_from_rank0,  # noqa: E402
+                        gather_equal, init_distributed, launched_world, max_deviation_from_rank0,
+                        resolve_device, sum_over_ranks, shutdown)
+from evaluation import evaluate, format_shots, make_loader  # noqa: E402
+from loss import MetaSAugLoss  # noqa: E402
+from meta_layers import MetaSAug  # noqa: E402
+from networks import ARCHS, FeatureClassifier, HelpFormatter, crt_state, load_weights, released_state  # noqa: E402
+from trainer import OneLineParser, StopRequest, git_commit, str2bool  # noqa: E402
+
+PROG = "ImageNet_iNat/train.py"
+
+# Defaults that depend on the stage: (stage 1 = cRT uniform sampling, stage 2 = MetaSAug's train.sh).
+STAGE_DEFAULTS = {
+    1: dict(batch_size=512, epochs=90, lr=0.2, nesterov=False),
+    2: dict(batch_size=256, epochs=20, lr=3e-4, nesterov=True),
+}
+# Flags whose change would make a resumed run another experiment (--epochs may be raised).
+RESUME_MUST_MATCH = ("stage", "dataset", "num_classes", "num_meta", "arch", "batch_size", "lr", "momentum",
+                     "nesterov", "weight_decay", "seed", "lam", "meta_lr", "beta", "image_size",
+                     "sync_covariance", "max_train_batches", "end_lr")
+
+
+def build_parser():
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                      formatter_class=HelpFormatter)
+    released = p.add_argument_group("flags of the released script (defaults: the published recipe)")
+    released.add_argument("--dataset", default="iNaturalist18", choices=tuple(DATASETS), help="the long-tailed set")
+    released.add_argument("--data_root", default=None,
+                          help="folder the split files' relative image paths start from (default data/<dataset>)")
+    released.add_argument("--batch_size", type=int, default=None,
+                          help="GLOBAL batch size: split evenly over all torchrun processes (as released, "
+                               "where 256 on 4 GPUs meant 64 per GPU); default 256 (stage 2) / 512 (stage 1)")
+    released.add_argument("--num_classes", type=int, default=None,
+                          help="default: the dataset's (1000 / 8142 / 5089)")
+    released.add_argument("--num_meta", type=int, default=None,
+                          help="meta images per class; default as released: 10 (ImageNet_LT, from the val "
+                               "split), 2 (iNaturalist18), 5 (iNaturalist17) (both from the training list)")
+    released.add_argument("--test_batch_size", type=int, default=512, help="global evaluation batch size")
+    released.add_argument("--epochs", type=int, default=None, help="default 20 (stage 2) / 90 (stage 1)")
+    released.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
+                          help="learning rate, also the lookahead step; default 3e-4 (stage 2, constant) / "
+                               "0.2 (stage 1, cosine to --end_lr)")
+    released.add_argument("--workers", type=int, default=8, help="DataLoader processes per training process")
+    released.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    released.add_argument("--nesterov", type=str2bool, default=None,
+                          help="Nesterov momentum (true/false); default true (stage 2) / false (stage 1)")
+    released.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=5e-4,
+                          help="SGD weight decay (cRT used 1e-4 for iNaturalist18 stage 1)")
+    released.add_argument("--seed", type=int, default=42, help="data order, meta batches, augmentation, init")
+    released.add_argument("--print-freq", "-p", dest="print_freq", type=int, default=100,
+                          help="steps between progress lines")
+    released.add_argument("--lam", type=float, default=0.25, help="augmentation strength; ratio = lam * epoch / epochs")
+    released.add_argument("--meta_lr", type=float, default=0.1, help="step size of the covariance update")
+    released.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=None,
+                          help="ignored (torch.distributed.launch compatibility; LOCAL_RANK is read)")
+
+    added = p.add_argument_group("added by this repository")
+    added.add_argument("--stage", type=int, choices=(1, 2), default=2,
+                       help="2: MetaSAug on the classifier of a frozen stage-1 network; 1: plain CE training "
+                            "of the whole network (cRT uniform sampling), cRT checkpoint layout")
+    added.add_argument("--split_dir", default=str(HERE / "data"),
+                       help="folder of the split files (or of <dataset>/ subfolders holding them); "
+                            "default ImageNet_iNat/data")
+    added.add_argument("--model_file", default=None,
+                       help="stage-1 checkpoint (cRT layout, e.g. resnet50_uniform_e90.pth, a MetaSAug "
+                            "checkpoint or a torchvision ResNet state_dict); required for stage 2")
+    added.add_argument("--arch", default="resnet50", choices=ARCHS,
+                       help="feature extractor (2048-d); resnet18 (512-d) is for tests and smoke runs only")
+    added.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="auto: this rank's GPU when CUDA is available")
+    added.add_argument("--no-cuda", dest="no_cuda", action="store_true", help="same as --device cpu")
+    added.add_argument("--image_size", type=int, default=224,
+                       help="crop size; the test resize is image_size * 256/224 (tiny values for tests)")
+    added.add_argument("--sync_covariance", action=argparse.BooleanOptionalAction, default=True,
+                       help="update every rank's covariance estimator with the global batch (identical on "
+                            "all ranks); --no-sync_covariance: each rank its own shard, as released")
+    added.add_argument("--cache_meta_features", action=argparse.BooleanOptionalAction, default=True,
+                       help="stage 2, ImageNet_LT: compute the meta set's features once (its transform is "
+                            "deterministic and the backbone frozen: same values, half the backbone work)")
+    added.add_argument("--amp", action="store_true", help="bf16 autocast of the backbone (CUDA only)")
+    added.add_argument("--beta", type=float, default=0.9999, help="class-balanced weights' beta (stage 2)")
+    added.add_argument("--end_lr", type=float, default=0.0, help="stage 1: final learning rate of the cosine")
+    added.add_argument("--save_name", default=None, help="checkpoint and run name (default <dataset>_<arch>_stage<N>)")
+    added.add_argument("--checkpoint_dir", default="checkpoints/ImageNet_iNat",
+                       help="<save_name>_ckpt.pth.tar, rewritten at the end of every epoch")
+    added.add_argument("--out_dir", default=None, help="log, TensorBoard, result.json (default runs/<save_name>)")
+    added.add_argument("--resume", default=None, help="checkpoint of this script to continue from")
+    added.add_argument("--max_train_batches", type=int, default=None, help="cap on steps per epoch (smoke runs)")
+    added.add_argument("--max_test_batches", type=int, default=None, help="cap on evaluation batches (smoke runs)")
+    return p
+
+
+def resolve_args(args, world_size):
+    """Fill the stage- and dataset-dependent defaults and check the values; DataError on a bad one."""
+    for name, value in STAGE_DEFAULTS[args.stage].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    spec = DATASETS[args.dataset]
+    args.num_classes = args.num_classes or spec.num_classes
+    args.num_meta = spec.num_meta if args.num_meta is None else args.num_meta
+    args.data_root = args.data_root or str(Path("data") / args.dataset)
+    args.save_name = args.save_name or f"{args.dataset}_{args.arch}_stage{args.stage}"
+    args.out_dir = args.out_dir or str(Path("runs") / args.save_name)
+    if args.no_cuda:
+        args.device = "cpu"
+    for name in ("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq", "image_size"):
+        if getattr(args, name) < 1:
+            raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("workers", "num_meta"):
+        if getattr(args, name) < 0:
+            raise DataError(f"--{name} must not be negative, got {getattr(args, name)}")
+    for name in ("max_train_batches", "max_test_batches"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise DataError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.lr <= 0 or args.lam < 0 or args.meta_lr < 0:
+        raise DataError("--lr must be positive and --lam, --meta_lr non-negative")
+    if args.batch_size % world_size:
+        raise DataError(f"--batch_size {args.batch_size} is the global batch and must be divisible by the "
+                        f"{world_size} processes")
+    if args.stage == 2 and args.num_meta < 1:
+        raise DataError("--num_meta must be at least 1 for stage 2")
+    if args.stage == 2 and not args.model_file and not args.resume:
+        raise DataError("stage 2 needs --model_file (a stage-1 checkpoint, e.g. resnet50_uniform_e90.pth; "
+                        "see ImageNet_iNat/README.md) or --resume")
+
+
+def check_resume(args, state):
+    config = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(config, dict) or "iteration" not in state or "history" not in state:
+        raise CheckpointError(f"--resume {args.resume} is not a training checkpoint of {PROG}; start without --resume")
+    clashes = [f"--{k} {getattr(args, k)} vs {config.get(k)}" for k in RESUME_MUST_MATCH
+               if k in config and config[k] != getattr(args, k)]
+    if clashes:
+        raise CheckpointError(f"--resume {args.resume} was written with other flags ({'; '.join(clashes)}); "
+                              f"pass the checkpoint's values or start a new run")
+    if args.epochs < state["epoch"]:
+        raise CheckpointError(f"--resume {args.resume} has already trained {state['epoch']} epochs; "
+                              f"--epochs {args.epochs} is fewer")
+
+
+def cosine_lr(epoch, epochs, base_lr, end_lr):
+    """cRT's per-epoch cosine annealing (CosineAnnealingLR with T_max = epochs)."""
+    return end_lr + (base_lr - end_lr) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+class Run:
+    def __init__(self, args, ctx, data, resume_state, init_state):
+        self.args, self.ctx, self.data = args, ctx, data
+        self.device = ctx.device
+        self.stage2 = args.stage == 2
+        self.per_rank = args.batch_size // ctx.world_size
+        self.memory_format = torch.channels_last
+        torch.manual_seed(args.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.model = FeatureClassifier(args.arch, args.num_classes, frozen=self.stage2, amp=args.amp)
+        if init_state is not None:
+            load_weights(self.model, init_state, args.model_file, args.num_classes)
+        if resume_state is not None:
+            load_weights(self.model, resume_state, args.resume, args.num_classes)
+        self.model.to(self.device, memory_format=self.memory_format)
+        trained = self.model.fc.parameters() if self.stage2 else self.model.parameters()
+        self.optimizer = torch.optim.SGD(trained, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                                         weight_decay=args.weight_decay)
+        self.net = self.model
+        if not self.stage2 and ctx.distributed:
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                               else None)
+        self.criterion = self.meta = None
+        if self.stage2:
+            beta = None if args.beta == 0 else args.beta
+            self.criterion = MetaSAugLoss(self.model.feature_dim, args.num_classes, data.cls_num_list, base="ce",
+                                          diagonal=True, beta=beta)
+            if args.sync_covariance and ctx.distributed:
+                self.criterion.estimator = GlobalBatchEstimatorCV(self.model.feature_dim, args.num_classes, True, ctx)
+            self.criterion.to(self.device)
+            self.meta = MetaSAug(self.model, self.criterion, meta_lr=args.meta_lr, classifier="fc",
+                                 lookahead="classifier")
+        # epoch_sums: loss sum, correct, seen of the running epoch on this rank (after a mid-epoch
+        # resume rank 0 starts from the global sums of the interrupted part); epoch_time: seconds of steps
+        self.position = dict(epoch=0, iteration=0, history=[], epoch_sums=[0.0, 0.0, 0.0], epoch_time=0.0,
+                             elapsed=0.0)
+        if resume_state is not None:
+            self.optimizer.load_state_dict(resume_state["optimizer"])
+            if self.stage2:
+                self.criterion.load_state_dict(resume_state["criterion"])
+                self.criterion.to(self.device)
+            for key in self.position:
+                self.position[key] = resume_state[key]
+            if not ctx.is_main:
+                self.position["epoch_sums"] = [0.0, 0.0, 0.0]
+        self.images = data.images()
+        self.meta_cache = None
+        self.checkpoint_path = Path(args.checkpoint_dir) / f"{args.save_name}_ckpt.pth.tar"
+        self.first_epoch = self.position["epoch"]
+        self.last_eval = None
+
+    # -- logging helpers ---------------------------------------------------------------------
+    def log(self, message):
+        if self.ctx.is_main:
+            print(message, flush=True)
+
+    # -- one step ----------------------------------------------------------------------------
+    def _to_device(self, x, y):
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _meta_batch(self, batch, epoch, step):
+        if self.meta_cache is not None:
+            index = torch.tensor(step_meta_indices(len(self.data.meta), self.per_rank, self.args.seed, epoch,
+                                                   step, self.ctx.rank), device=self.device)
+            return self.meta_cache[0][index], self.meta_cache[1][index]
+        return self._to_device(*batch["meta"])
+
+    def train_step(self, batch, epoch, step, lr, ratio, stop):
+        x, y = self._to_device(*batch["train"])
+        if self.stage2:
+            x_meta, y_meta = self._meta_batch(batch, epoch, step)
+            loss, logits = self.meta.step(x, y, x_meta, y_meta, lr=lr, ratio=ratio)
+        else:
+            _, logits = self.net(x)
+            loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loss_value = loss.item()
+        flags = (stop.signal is not None, not math.isfinite(loss_value))
+        if self.stage2:
+            stop_count, bad_count = average_gradients(self.model.fc.parameters(), self.ctx, *flags)
+        else:
+            stop_count, bad_count = sum_over_ranks(self.ctx, *flags)
+        if bad_count:
+            raise FloatingPointError(f"non-finite training loss at epoch {epoch}, step {step + 1} on "
+                                     f"{int(bad_count)} rank(s); stopped, the last checkpoint "
+                                     f"{self.checkpoint_path} is kept (try a lower --lr or --lam)")
+        self.optimizer.step()
+        correct = int((logits.detach().argmax(1) == y).sum())
+        return loss_value, correct, len(y), stop_count > 0
+
+    # -- the run ------------------------------------------------------------------------------
+    def _cache_meta_features(self):
+        """ImageNet-LT's meta images get the deterministic test transform: their frozen features are
+        computed once (sharded over the ranks, gathered) instead of at every step."""
+        indices = list(range(len(self.data.meta)))
+        mine = [("meta", i, None) for i in indices[self.ctx.rank::self.ctx.world_size]]
+        per_rank = -(-len(indices) // self.ctx.world_size)
+        features, labels = [], []
+        self.model.eval()
+        with torch.no_grad():
+            for batch in make_loader(self.images, [mine[s:s + self.per_rank] for s in range(0, len(mine),
+                                                                                               self.per_rank)],
+                                     self.args.workers, self.device):
+                x, y = self._to_device(*batch["meta"])
+                features.append(self.model(x)[0])
+                labels.append(y)
+        self.model.train()
+        dim = self.model.feature_dim
+        features = torch.cat(features) if features else torch.zeros(0, dim, device=self.device)
+        labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=self.device)
+        # pad to the same length on every rank, gather, and undo the round-robin sharding
+        pad = per_rank - len(features)
+        features = torch.cat([features, features.new_zeros(pad, dim)])
+        labels = torch.cat([labels, labels.new_zeros(pad)])
+        all_features = gather_equal(features, self.ctx).view(self.ctx.world_size, per_rank, dim)
+        all_labels = gather_equal(labels, self.ctx).view(self.ctx.world_size, per_rank)
+        order = torch.tensor(indices, device=self.device)
+        self.meta_cache = (all_features[order % self.ctx.world_size, order // self.ctx.world_size],
+                           all_labels[order % self.ctx.world_size, order // self.ctx.world_size])
+
+    def fit(self, stop):
+        args, pos, ctx = self.args, self.position, self.ctx
+        started = time.time() - pos["elapsed"]
+        writer = None
+        if ctx.is_main:
+            Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(args.out_dir)
+        if self.stage2 and args.cache_meta_features and self.data.meta_is_deterministic:
+            self._cache_meta_features()
+        self.log(f"stage {args.stage} | {args.dataset} | {len(self.data.train)} training images, "
+                 f"{len(self.data.meta)} meta, {len(self.data.evaluation)} evaluation | {ctx.world_size} "
+                 f"process(es) on {self.device.type}, {self.per_rank} images per process and step")
+        for epoch in range(pos["epoch"], args.epochs):
+            lr = args.lr if self.stage2 else cosine_lr(epoch, args.epochs, args.lr, args.end_lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            ratio = args.lam * epoch / args.epochs
+            batches = epoch_train_keys(len(self.data.train), self.per_rank, ctx.world_size, ctx.rank,
+                                       args.seed, epoch)[:args.max_train_batches]
+            first = pos["iteration"]
+            steps = []
+            for step in range(first, len(batches)):
+                keys = list(batches[step])
+                if self.stage2 and self.meta_cache is None:
+                    keys += step_meta_keys(self.data, self.per_rank, args.seed, epoch, step, ctx.rank)
+                steps.append(keys)
+            self.net.train()
+            tick = time.time()
+            for step, batch in enumerate(make_loader(self.images, steps, args.workers, self.device), start=first):
+                loss, correct, seen, stopping = self.train_step(batch, epoch, step, lr, ratio, stop)
+                sums = pos["epoch_sums"]
+                pos["epoch_sums"] = [sums[0] + loss * seen, sums[1] + correct, sums[2] + seen]
+                pos["iteration"] = step + 1
+                if ctx.is_main and ((step + 1) % args.print_freq == 0 or stopping):
+                    print(f"  epoch {epoch} step {step + 1}/{len(batches)} loss {loss:.4f}", flush=True)
+                if stopping:
+                    pos["epoch_time"] += time.time() - tick
+                    return self._interrupted(stop, started, writer)
+            pos["epoch_time"] += time.time() - tick
+            self._end_epoch(epoch, lr, started, writer)
+        return self._finish(started, writer)
+
+    def _consistency(self):
+        """Largest deviation of any rank from rank 0 (classifier; stage 2 also the covariance)."""
+        report = dict(classifier=max_deviation_from_rank0(list(self.model.fc.parameters()), self.ctx))
+        if not self.stage2:
+            # DDP broadcasts rank 0's BatchNorm statistics at each forward; after the last step every
+            # rank holds its own: evaluate and save rank 0's everywhere
+            broadcast_from_rank0([b for b in self.model.buffers() if b.is_floating_point()], self.ctx)
+        else:
+            estimator = self.criterion.estimator
+            report["covariance"] = max_deviation_from_rank0([estimator.covariance], self.ctx)
+            if self.args.sync_covariance:
+                # all ranks updated with the same global batches; copying rank 0's statistics removes
+                # the last-bit differences of non-deterministic GPU kernels (a no-op on the CPU)
+                broadcast_from_rank0([estimator.covariance, estimator.mean, estimator.amount], self.ctx)
+        return report
+
+    def _end_epoch(self, epoch, lr, started, writer):
+        args, pos, ctx = self.args, self.position, self.ctx
+        loss_sum, correct, seen = sum_over_ranks(ctx, *pos["epoch_sums"])
+        train_time = pos["epoch_time"]
+        consistency = self._consistency() if ctx.distributed else None
+        result = evaluate(self.model, self.data, self.images, ctx, args.test_batch_size, args.max_test_batches,
+                          args.workers, self.memory_format)
+        pos.update(epoch=epoch + 1, iteration=0, epoch_sums=[0.0, 0.0, 0.0], epoch_time=0.0,
+                   elapsed=time.time() - started)
+        entry = dict(epoch=epoch, lr=lr, ratio=args.lam * epoch / args.epochs, train_loss=loss_sum / seen,
+                     train_acc=100.0 * correct / seen, train_images=int(seen), train_time_s=train_time,
+                     images_per_s=seen / train_time if train_time > 0 else None,
+                     test_top1=result["top1"], shot_accuracy=result["shots"], rank_max_deviation=consistency)
+        pos["history"].append(entry)
+        self.last_eval = result
+        if not ctx.is_main:
+            return
+        done = epoch + 1 - self.first_epoch
+        eta = pos["elapsed"] / max(done, 1) * (args.epochs - epoch - 1)
+        print(f"Epoch {epoch + 1}/{args.epochs} | loss {entry['train_loss']:.4f} | train acc {entry['train_acc']:.2f} "
+              f"| test top-1 {result['top1']:.2f} (many/medium/few {format_shots(result['shots'])}) | lr {lr:g} | "
+              f"{entry['images_per_s'] or 0:.1f} images/s | elapsed {pos['elapsed'] / 60:.1f} min | "
+              f"ETA {eta / 60:.1f} min", flush=True)
+        scalars = {"train/loss": entry["train_loss"], "train/accuracy": entry["train_acc"], "test/top1": result["top1"],
+                   "lr": lr, "train/images_per_s": entry["images_per_s"] or 0.0}
+        scalars.update({f"test/{k}_shot": v for k, v in result["shots"].items() if v is not None})
+        for name, value in scalars.items():
+            writer.add_scalar(name, value, epoch)
+        writer.flush()
+        save_checkpoint(self._state(), self.checkpoint_path)
+
+    def _state(self):
+        pos = self.position
+        state = dict(epoch=pos["epoch"], optimizer=self.optimizer.state_dict(), stage=self.args.stage,
+                     iteration=pos["iteration"], history=pos["history"], epoch_sums=pos["epoch_sums"],
+                     epoch_time=pos["epoch_time"], elapsed=pos["elapsed"], config=vars(self.args),
+                     cls_num_list=self.data.cls_num_list, world_size=self.ctx.world_size)
+        if self.stage2:
+            state["state_dict"] = released_state(self.model)
+            state["criterion"] = self.criterion.state_dict()
+        else:
+            state["state_dict_best"] = crt_state(self.model)  # the last epoch's weights (no selection)
+            state["best_epoch"] = pos["epoch"] - 1
+        return state
+
+    def _interrupted(self, stop, started, writer):
+        self.position["elapsed"] = time.time() - started
+        self.position["epoch_sums"] = sum_over_ranks(self.ctx, *self.position["epoch_sums"])
+        if self.ctx.is_main:
+            save_checkpoint(self._state(), self.checkpoint_path)
+            writer.close()
+            print(f"interrupted by signal {stop.signal} at epoch {self.position['epoch']}, step "
+                  f"{self.position['iteration']}; checkpoint written. Resume with the same flags plus "
+                  f"--resume {self.checkpoint_path}", file=sys.stderr, flush=True)
+        return 128 + (stop.signal or 15)
+
+    def _finish(self, started, writer):
+        args, pos = self.args, self.position
+        if self.last_eval is None:  # resumed after the last epoch: evaluate once more (all ranks)
+            self.last_eval = evaluate(self.model, self.data, self.images, self.ctx, args.test_batch_size,
+                                      args.max_test_batches, args.workers, self.memory_format)
+        if not self.ctx.is_main:
+            return 0
+        writer.close()
+        history = pos["history"]
+        final = history[-1]
+        images = sum(h["train_images"] for h in history)
+        train_time = sum(h["train_time_s"] for h in history)
+        result = dict(config=vars(args), commit=git_commit(), seed=args.seed, stage=args.stage,
+                      dataset=args.dataset, arch=args.arch, world_size=self.ctx.world_size,
+                      device=self.device.type, cls_num_list=self.data.cls_num_list,
+                      final_epoch=final["epoch"], final_top1=final["test_top1"],
+                      final_top1_error=100 - final["test_top1"],
+                      per_class_accuracy=self.last_eval["per_class"], shot_accuracy=final["shot_accuracy"],
+                      evaluated_images=self.last_eval["count"],
+                      wall_time_s=time.time() - started, train_time_s=train_time,
+                      train_images_per_s=images / train_time if train_time > 0 else None,
+                      rank_max_deviation=final["rank_max_deviation"],
+                      checkpoint=str(self.checkpoint_path), history=history)
+        path = Path(args.out_dir) / "result.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)
+        print(f"final top-1 error {result['final_top1_error']:.2f} (epoch {final['epoch'] + 1}), "
+              f"{result['train_images_per_s'] or 0:.1f} training images/s; wrote {path} and {self.checkpoint_path}",
+              flush=True)
+        return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    world_size, rank, local_rank = launched_world()
+    ctx = None
+    try:
+        resolve_args(args, world_size)
+        device = resolve_device(args.device, local_rank)
+        if device is None:
+            raise DataError("--device cuda was requested but CUDA is not available; use --device cpu")
+        data = load_data(args.dataset, args.data_root, args.split_dir, args.num_classes, args.num_meta,
+                         args.image_size)
+        resume_state = init_state = None
+        if args.resume:
+            resume_state = load_checkpoint(args.resume)
+            check_resume(args, resume_state)
+        elif args.model_file:
+            init_state = load_checkpoint(args.model_file)
+        ctx = init_distributed(device)
+        run = Run(args, ctx, data, resume_state, init_state)
+        del resume_state, init_state
+        return run.fit(StopRequest())
+    except (DataError, CheckpointError) as error:
+        prefix = f"[rank {rank}] " if world_size > 1 else ""
+        print(f"{PROG}: error: {prefix}{one_line(error)}", file=sys.stderr, flush=True)
+        return 2
+    except FloatingPointError as error:
+        if rank == 0:
+            print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
+        return 3
+    finally:
+        shutdown(ctx)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

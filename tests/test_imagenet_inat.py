@@ -1,0 +1,508 @@
+"""ImageNet-LT / iNaturalist pipeline (ImageNet_iNat/) on a tiny generated long-tailed image tree.
+
+The tree has 4 classes with 105/24/6/3 training images (Many/Medium/Few groups all present), in
+both split formats (text lines and the iNaturalist 2017 JSON). The networks are torchvision
+ResNet-18s (512-d features; ``--arch resnet18`` exists for such tests) on 32x32 crops, on the CPU.
+Training runs go through the real scripts (``torchrun --nproc_per_node 2`` with gloo for the
+distributed ones); the data, checkpoint-layout and bad-input cases run in-process.
+"""
+import importlib.util
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from conftest import REPO_ROOT
+
+LT_DIR = REPO_ROOT / "ImageNet_iNat"
+if str(LT_DIR) not in sys.path:
+    sys.path.append(str(LT_DIR))
+
+import dataloader  # noqa: E402  (ImageNet_iNat/dataloader.py)
+import networks  # noqa: E402
+from checkpoint import CheckpointError  # noqa: E402
+from dataloader import DataError  # noqa: E402
+
+
+def _load_script(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+lt_train = _load_script("lt_train", LT_DIR / "train.py")
+lt_test = _load_script("lt_test", LT_DIR / "test.py")
+
+TRAIN_COUNTS = [105, 24, 6, 3]
+VAL_PER_CLASS, TEST_PER_CLASS = 4, 5
+NUM_CLASSES = len(TRAIN_COUNTS)
+TIMEOUT = 300
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny data and checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def _write_image(path, label, rng):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = np.array([50 + 50 * label, 200 - 40 * label, 90 + 30 * (label % 2)])
+    pixels = np.clip(colour + rng.randint(-40, 41, (36, 40, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """images/{train,val,test}/cNN/*.jpg, split files in splits/ (ImageNet-LT and iNat18 text lines,
+    iNat17 competition JSON with its annotations in another order than its images)."""
+    base = tmp_path_factory.mktemp("lt")
+    rng = np.random.RandomState(0)
+    lists = {}
+    for split, counts in (("train", TRAIN_COUNTS), ("val", [VAL_PER_CLASS] * NUM_CLASSES),
+                          ("test", [TEST_PER_CLASS] * NUM_CLASSES)):
+        lines = []
+        for label, count in enumerate(counts):
+            for i in range(count):
+                relative = f"{split}/c{label:02d}/{split}_{label}_{i:03d}.jpg"
+                _write_image(base / "images" / relative, label, rng)
+                lines.append((relative, label))
+        random.Random(split).shuffle(lines)  # split files are not sorted by class
+        lists[split] = lines
+    splits = base / "splits"
+    splits.mkdir()
+    for split in ("train", "val", "test"):
+        (splits / f"ImageNet_LT_{split}.txt").write_text("".join(f"{p} {c}\n" for p, c in lists[split]))
+    (splits / "iNaturalist18_train.txt").write_text("".join(f"{p} {c}\n" for p, c in lists["train"]))
+    (splits / "iNaturalist18_val.txt").write_text("".join(f"{p} {c}\n" for p, c in lists["test"]))
+    for split, source in (("train", "train"), ("val", "test")):
+        images = [{"id": 1000 + i, "file_name": p, "width": 40, "height": 36} for i, (p, _) in enumerate(lists[source])]
+        annotations = [{"id": i, "image_id": 1000 + i, "category_id": c} for i, (_, c) in enumerate(lists[source])]
+        annotations.reverse()
+        (splits / f"{split}2017.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    return dict(base=base, images=base / "images", splits=splits, lists=lists)
+
+
+def crt_checkpoint(path, num_classes=NUM_CLASSES, arch="resnet18", seed=0):
+    """A cRT stage-1 file: state_dict_best -> feat_model / classifier, keys prefixed module."""
+    torch.manual_seed(seed)
+    state = getattr(torchvision.models, arch)(num_classes=num_classes).state_dict()
+    torch.save({"epoch": 90, "best_epoch": 89, "best_acc": 0.5, "state_dict_best": {
+        "feat_model": {f"module.{k}": v for k, v in state.items() if not k.startswith("fc.")},
+        "classifier": {f"module.{k}": v for k, v in state.items() if k.startswith("fc.")}}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def crt(tree):
+    return crt_checkpoint(tree["base"] / "resnet18_uniform_e90.pth")
+
+
+def data_flags(tree, dataset="ImageNet_LT"):
+    return ["--dataset", dataset, "--num_classes", NUM_CLASSES, "--data_root", tree["images"],
+            "--split_dir", tree["splits"], "--arch", "resnet18", "--image_size", 32, "--device", "cpu"]
+
+
+def train_flags(tree, out, dataset="ImageNet_LT", name="run", epochs=2, workers=0):
+    return data_flags(tree, dataset) + [
+        "--batch_size", 8, "--test_batch_size", 16, "--epochs", epochs, "--max_train_batches", 3,
+        "--workers", workers, "--print-freq", 1, "--num_meta", 2, "--save_name", name,
+        "--checkpoint_dir", out / "ckpt", "--out_dir", out / "runs" / name]
+
+
+def script_command(script, args, nproc=1):
+    args = [str(a) for a in args]
+    if nproc == 1:
+        return [sys.executable, str(LT_DIR / script), *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            str(LT_DIR / script), *args]
+
+
+def run_script(script, args, nproc=1, cwd=None, shell_script=None):
+    """Run ImageNet_iNat/<script> directly (nproc 1) or under torchrun; or through scripts/<shell_script>
+    (torchrun with GPUS=nproc processes on the CPU), the arguments appended to the script's own."""
+    if shell_script:
+        command = ["bash", str(LT_DIR / "scripts" / shell_script), *map(str, args)]
+        env = {**ENV, "GPUS": str(nproc), "DEVICE": "cpu"}
+    else:
+        command, env = script_command(script, args, nproc), ENV
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=cwd)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def ckpt_path(out, name):
+    return out / "ckpt" / f"{name}_ckpt.pth.tar"
+
+
+def result_of(out, name):
+    return json.loads((out / "runs" / name / "result.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Data: split formats, transforms, meta set
+# ---------------------------------------------------------------------------------------------
+
+def test_text_splits_and_transforms(tree):
+    data = dataloader.load_data("ImageNet_LT", tree["images"], tree["splits"], NUM_CLASSES, image_size=32)
+    assert data.cls_num_list == TRAIN_COUNTS
+    assert len(data.train) == sum(TRAIN_COUNTS) and len(data.evaluation) == TEST_PER_CLASS * NUM_CLASSES
+    assert list(zip(data.train.paths, data.train.labels)) == tree["lists"]["train"]
+    assert data.evaluation.source.name == "ImageNet_LT_test.txt"
+    images = data.images()
+    for source in ("train", "meta", "eval"):
+        _, x, y = images[(source, 0, 7)]
+        assert x.shape == (3, 32, 32) and isinstance(y, int)
+    # seeded augmentation: same seed same image, another seed another crop; global RNG untouched
+    state = torch.random.get_rng_state()
+    assert torch.equal(images[("train", 3, 11)][1], images[("train", 3, 11)][1])
+    assert not torch.equal(images[("train", 3, 11)][1], images[("train", 3, 12)][1])
+    assert torch.equal(state, torch.random.get_rng_state())
+    # released transforms: ColorJitter on ImageNet-LT only; test resize 256/224 * size; statistics
+    imagenet, inat = dataloader.DATASETS["ImageNet_LT"], dataloader.DATASETS["iNaturalist18"]
+    names = lambda t: [type(s).__name__ for s in t.transforms]  # noqa: E731
+    assert names(dataloader.train_transform(imagenet)) == ["RandomResizedCrop", "RandomHorizontalFlip",
+                                                           "ColorJitter", "ToTensor", "Normalize"]
+    assert "ColorJitter" not in names(dataloader.train_transform(inat))
+    assert dataloader.test_transform(inat).transforms[0].size == 256
+    assert dataloader.test_transform(inat, 32).transforms[0].size == 37
+    assert tuple(dataloader.test_transform(inat).transforms[-1].mean) == (0.466, 0.471, 0.380)
+    assert tuple(dataloader.test_transform(imagenet).transforms[-1].std) == (0.229, 0.224, 0.225)
+
+
+def test_inaturalist17_json(tree):
+    data = dataloader.load_data("iNaturalist17", tree["images"], tree["splits"], NUM_CLASSES, image_size=32)
+    assert sorted(zip(data.train.paths, data.train.labels)) == sorted(tree["lists"]["train"])
+    assert sorted(zip(data.evaluation.paths, data.evaluation.labels)) == sorted(tree["lists"]["test"])
+    assert data.cls_num_list == TRAIN_COUNTS
+    # 5 meta images per class by default for iNat17 (all 3 of the smallest class)
+    assert dataloader.class_counts(data.meta.labels, NUM_CLASSES) == [5, 5, 5, 3]
+
+
+def test_meta_sets(tree):
+    train_set = set(tree["lists"]["train"])
+    # ImageNet-LT: from the val split (10/class by default; this val split has 4), test transform
+    data = dataloader.load_data("ImageNet_LT", tree["images"], tree["splits"], NUM_CLASSES)
+    assert dataloader.class_counts(data.meta.labels, NUM_CLASSES) == [VAL_PER_CLASS] * NUM_CLASSES
+    data = dataloader.load_data("ImageNet_LT", tree["images"], tree["splits"], NUM_CLASSES, num_meta=2)
+    meta = set(zip(data.meta.paths, data.meta.labels))
+    assert dataloader.class_counts(data.meta.labels, NUM_CLASSES) == [2] * NUM_CLASSES
+    assert meta <= set(tree["lists"]["val"]) and not meta & train_set
+    assert data.meta_is_deterministic and len(data.train) == sum(TRAIN_COUNTS)
+    # iNat18: 2/class drawn from the training list itself, which keeps them (train transform)
+    data = dataloader.load_data("iNaturalist18", tree["images"], tree["splits"], NUM_CLASSES)
+    meta = list(zip(data.meta.paths, data.meta.labels))
+    assert dataloader.class_counts(data.meta.labels, NUM_CLASSES) == [2] * NUM_CLASSES
+    assert set(meta) <= train_set and len(data.train) == sum(TRAIN_COUNTS)
+    assert not data.meta_is_deterministic
+    # the released draw: one RandomState(6), each class's list (file order) shuffled in class order
+    rng = np.random.RandomState(6)
+    expected = []
+    for c in range(NUM_CLASSES):
+        members = [i for i, (_, label) in enumerate(tree["lists"]["train"]) if label == c]
+        rng.shuffle(members)
+        expected += [tree["lists"]["train"][i] for i in members[:2]]
+    assert meta == expected
+
+
+def test_epoch_batches_are_sharded_evenly():
+    n, per_rank, world = 21, 4, 2
+    shards = [dataloader.epoch_train_keys(n, per_rank, world, rank, seed=1, epoch=3) for rank in range(world)]
+    assert [len(s) for s in shards] == [3, 3] and [len(b) for b in shards[0]] == [len(b) for b in shards[1]]
+    indices = [key[1] for shard in shards for batch in shard for key in batch]
+    assert set(indices) == set(range(n)) and len(indices) == 22  # padded by one, as DistributedSampler
+    again = dataloader.epoch_train_keys(n, per_rank, world, 0, seed=1, epoch=3)
+    assert again == shards[0] and again != dataloader.epoch_train_keys(n, per_rank, world, 0, seed=1, epoch=4)
+
+
+def test_bad_split_files(tree, tmp_path):
+    with pytest.raises(DataError, match="split file for ImageNet_LT test not found"):
+        dataloader.load_data("ImageNet_LT", tree["images"], tmp_path)
+    (tmp_path / "ImageNet_LT_test.txt").write_text("a.jpg 0\nno_label_here\n")
+    with pytest.raises(DataError, match=r"ImageNet_LT_test.txt:2: expected"):
+        dataloader.load_data("ImageNet_LT", tree["images"], tmp_path)
+    (tmp_path / "ImageNet_LT_test.txt").write_text("a.jpg 7\n")
+    with pytest.raises(DataError, match="labels in \\[7, 7\\] but --num_classes is 4"):
+        dataloader.load_data("ImageNet_LT", tree["images"], tmp_path, NUM_CLASSES)
+    (tmp_path / "train2017.json").write_text(json.dumps({"images": [{"id": 1}], "annotations": []}))
+    (tmp_path / "val2017.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        dataloader.load_data("iNaturalist17", tree["images"], tmp_path, NUM_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Checkpoint layouts
+# ---------------------------------------------------------------------------------------------
+
+def test_checkpoint_layouts(tree, crt, tmp_path):
+    reference = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+    model = networks.FeatureClassifier("resnet18", NUM_CLASSES)
+    assert networks.load_weights(model, load(crt), crt, NUM_CLASSES) == "cRT stage 1"
+    crt_state = load(crt)["state_dict_best"]
+    assert torch.equal(model.fc.weight, crt_state["classifier"]["module.fc.weight"])
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, crt_state["feat_model"]["module.layer4.1.conv2.weight"])
+    # the frozen model: backbone eval + no grad, features in float32, a 2-d input is taken as features
+    model.train()
+    assert not model.backbone.training and not any(p.requires_grad for p in model.backbone.parameters())
+    features, logits = model(torch.randn(2, 3, 32, 32))
+    assert features.shape == (2, 512) and not features.requires_grad and logits.requires_grad
+    assert torch.equal(model(features)[1], logits)
+    # a plain torchvision state_dict, and the released stage-2 layout (no num_batches_tracked)
+    assert networks.load_weights(model, reference.state_dict(), "plain", NUM_CLASSES) == "torchvision ResNet"
+    assert torch.equal(model.fc.bias, reference.fc.bias)
+    released = networks.released_state(model)
+    released["feature"] = {k: v for k, v in released["feature"].items() if "num_batches_tracked" not in k}
+    other = networks.FeatureClassifier("resnet18", NUM_CLASSES)
+    assert networks.load_weights(other, {"epoch": 20, "state_dict": released}, "rel", NUM_CLASSES) == "MetaSAug stage 2"
+    assert torch.equal(other.backbone.conv1.weight, reference.conv1.weight)
+    # our stage-1 layout is cRT's
+    assert set(networks.crt_state(model)["classifier"]) == {"module.fc.weight", "module.fc.bias"}
+    # errors
+    with pytest.raises(CheckpointError, match="unknown layout"):
+        networks.load_weights(model, {"model": 3, "epoch": 1}, "x", NUM_CLASSES)
+    with pytest.raises(CheckpointError, match="3-class classifier but --num_classes is 4"):
+        networks.load_weights(model, torchvision.models.resnet18(num_classes=3).state_dict(), "x", NUM_CLASSES)
+    with pytest.raises(CheckpointError, match="check --arch"):
+        networks.load_weights(networks.FeatureClassifier("resnet50", NUM_CLASSES), load(crt), crt, NUM_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Bad inputs: exit 2, one line, nothing written
+# ---------------------------------------------------------------------------------------------
+
+def _bad_cases(tree, base):
+    wrong_layout = base / "inputs" / "wrong_layout.pth"
+    wrong_layout.parent.mkdir(parents=True)
+    torch.save({"weights": {"conv1.weight": torch.zeros(1)}, "epoch": 3}, wrong_layout)
+    three_classes = crt_checkpoint(base / "inputs" / "three_classes.pth", num_classes=3)
+    empty_splits = base / "inputs" / "no_splits"
+    empty_splits.mkdir()
+    good = base / "inputs" / "good.pth"
+    crt_checkpoint(good)
+    cases = {
+        "wrong layout": (["--model_file", wrong_layout], "unknown layout"),
+        "wrong class count": (["--model_file", three_classes], "3-class classifier but --num_classes is 4"),
+        "missing split file": (["--model_file", good, "--split_dir", empty_splits], "split file .* not found"),
+        "missing model_file": ([], "stage 2 needs --model_file"),
+        "no meta images": (["--model_file", good, "--num_meta", "0"], "--num_meta must be at least 1"),
+        "missing resume": (["--resume", base / "inputs" / "nope.pth"], "does not exist"),
+    }
+    if not torch.cuda.is_available():
+        cases["no CUDA"] = (["--model_file", good, "--device", "cuda"], "CUDA is not available")
+    return cases
+
+
+def _snapshot(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_bad_inputs_in_process(tree, tmp_path, capsys):
+    cases = _bad_cases(tree, tmp_path)
+    before = _snapshot(tmp_path)
+    for name, (extra, pattern) in cases.items():
+        out = tmp_path / "out"
+        args = [str(a) for a in train_flags(tree, out) + extra]
+        assert lt_train.main(args) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(pattern, err[0]), (name, err)
+        assert err[0].startswith("ImageNet_iNat/train.py: error: ")
+        assert _snapshot(tmp_path) == before, f"{name}: something was written"
+    # test.py
+    for extra, pattern in (([cases["wrong layout"][0][1]], "unknown layout"),
+                           ([cases["wrong class count"][0][1]], "3-class classifier")):
+        assert lt_test.main([str(a) for a in data_flags(tree) + ["--loading_path", *extra]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(pattern, err[0]), err
+    assert _snapshot(tmp_path) == before
+
+
+def test_bad_input_exit_code_of_the_script(tree, tmp_path):
+    """The real script: exit 2, one stderr line, no traceback, nothing written (cwd included)."""
+    out = tmp_path / "out"
+    proc = subprocess.run(script_command("train.py", train_flags(tree, out) + [
+        "--model_file", tmp_path / "x.pth", "--split_dir", tmp_path]), capture_output=True, text=True,
+        timeout=TIMEOUT, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "split file for ImageNet_LT test not found" in lines[0], proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Distributed stage 2 (torchrun, 2 processes, gloo)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def distributed_runs(tree, crt):
+    out = tree["base"] / "dist"
+    flags = train_flags(tree, out) + ["--model_file", crt]
+    sync = run_script("train.py", flags + ["--save_name", "sync", "--out_dir", out / "runs" / "sync"], nproc=2,
+                      shell_script="train.sh")  # scripts/train.sh: torchrun --standalone, 2 processes
+    nosync = run_script("train.py", flags + ["--save_name", "nosync", "--out_dir", out / "runs" / "nosync",
+                                             "--no-sync_covariance", "--no-cache_meta_features"], nproc=2)
+    return dict(out=out, sync=sync, nosync=nosync)
+
+
+def test_distributed_covariance_sync(distributed_runs):
+    out = distributed_runs["out"]
+    sync, nosync = result_of(out, "sync"), result_of(out, "nosync")
+    assert sync["world_size"] == nosync["world_size"] == 2
+    for entry in sync["history"]:  # every epoch: identical classifier and covariance on both ranks
+        assert entry["rank_max_deviation"] == {"classifier": 0.0, "covariance": 0.0}
+    for entry in nosync["history"]:  # released behaviour: same classifier, covariances drift apart
+        assert entry["rank_max_deviation"]["classifier"] == 0.0
+        assert entry["rank_max_deviation"]["covariance"] > 0
+    # synced estimators saw the global batch (2 epochs x 3 steps x 8 images), unsynced ones their half
+    sync_ckpt, nosync_ckpt = load(ckpt_path(out, "sync")), load(ckpt_path(out, "nosync"))
+    assert sync_ckpt["criterion"]["estimator.amount"].sum() == 2 * 3 * 8
+    assert nosync_ckpt["criterion"]["estimator.amount"].sum() == 2 * 3 * 4
+    # only rank 0 logs
+    lines = distributed_runs["sync"].stdout.splitlines()
+    assert sum(line.startswith("Epoch ") for line in lines) == 2
+    assert sum(line.startswith("  epoch ") for line in lines) == 6
+
+
+def test_result_checkpoint_and_test_script(distributed_runs, tree):
+    out = distributed_runs["out"]
+    result = result_of(out, "sync")
+    for key in ("config", "commit", "seed", "final_top1_error", "per_class_accuracy", "shot_accuracy",
+                "wall_time_s", "train_images_per_s", "history"):
+        assert key in result, key
+    assert result["config"]["batch_size"] == 8 and result["seed"] == 42 and result["stage"] == 2
+    assert len(result["per_class_accuracy"]) == NUM_CLASSES and result["train_images_per_s"] > 0
+    assert set(result["shot_accuracy"]) == {"many", "medium", "few"}
+    assert result["cls_num_list"] == TRAIN_COUNTS
+    assert list((out / "runs" / "sync").glob("events.out.tfevents.*"))
+    state = load(ckpt_path(out, "sync"))
+    assert {"epoch", "state_dict", "optimizer", "criterion", "history", "config", "iteration"} <= set(state)
+    assert set(state["state_dict"]) == {"feature", "classifier"} and state["epoch"] == 2
+    assert set(state["state_dict"]["classifier"]) == {"fc.weight", "fc.bias"}
+    # test.py (single process) reproduces the training script's final evaluation
+    summary = out / "test.json"
+    proc = run_script("test.py", data_flags(tree) + ["--loading_path", ckpt_path(out, "sync"), "--workers", 0,
+                                                     "--out_json", summary])
+    assert "MetaSAug stage 2 layout" in proc.stdout
+    tested = json.loads(summary.read_text())
+    assert tested["top1_error"] == pytest.approx(result["final_top1_error"])
+    assert tested["per_class_accuracy"] == pytest.approx(result["per_class_accuracy"], nan_ok=True)
+    assert tested["evaluated_images"] == TEST_PER_CLASS * NUM_CLASSES
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Stage 1 -> stage 2, and resume
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chain(tree):
+    """Stage 1 (CE, whole network) then a 2-epoch stage 2 on iNat18 from its checkpoint (2 workers)."""
+    out = tree["base"] / "chain"
+    stage1 = run_script("train.py", train_flags(tree, out, "iNaturalist18", name="stage1", epochs=1)
+                        + ["--stage", 1, "--lr", 0.01])
+    stage2_flags = train_flags(tree, out, "iNaturalist18", name="stage2", workers=2) + [
+        "--model_file", ckpt_path(out, "stage1")]
+    stage2 = run_script("train.py", stage2_flags)
+    return dict(out=out, stage1=stage1, stage2=stage2, flags=stage2_flags)
+
+
+def test_stage1_to_stage2(chain):
+    out = chain["out"]
+    state = load(ckpt_path(out, "stage1"))
+    best = state["state_dict_best"]
+    assert set(best) == {"feat_model", "classifier"}
+    assert set(best["classifier"]) == {"module.fc.weight", "module.fc.bias"}
+    assert all(k.startswith("module.") for k in best["feat_model"])
+    assert result_of(out, "stage1")["stage"] == 1
+    # stage 2 starts from stage 1's weights and leaves the backbone untouched
+    stage2 = load(ckpt_path(out, "stage2"))
+    for key, value in stage2["state_dict"]["feature"].items():
+        assert torch.equal(value, best["feat_model"]["module." + key]), key
+    assert not torch.equal(stage2["state_dict"]["classifier"]["fc.weight"], best["classifier"]["module.fc.weight"])
+    assert len(result_of(out, "stage2")["history"]) == 2
+
+
+def test_interrupt_and_resume_is_exact(chain, tree):
+    """SIGTERM mid-run -> checkpoint -> --resume (with another worker count) = the uninterrupted run."""
+    out = chain["out"]
+    flags = [str(a) for a in chain["flags"]]
+    flags[flags.index("--save_name") + 1] = "resumed"
+    flags[flags.index("--out_dir") + 1] = str(out / "runs" / "resumed")
+    flags[flags.index("--workers") + 1] = "0"
+    proc = subprocess.Popen(script_command("train.py", flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV)
+    for line in proc.stdout:
+        if line.startswith("  epoch 0 step 1/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "interrupted by signal" in stderr
+    interrupted = load(ckpt_path(out, "resumed"))
+    assert interrupted["epoch"] == 0 and interrupted["iteration"] >= 1
+    run_script("train.py", flags + ["--resume", ckpt_path(out, "resumed")])
+    resumed, reference = load(ckpt_path(out, "resumed")), load(ckpt_path(out, "stage2"))
+    for key in ("weight", "bias"):
+        assert torch.equal(resumed["state_dict"]["classifier"][f"fc.{key}"],
+                           reference["state_dict"]["classifier"][f"fc.{key}"])
+    for key, value in reference["criterion"].items():
+        assert torch.equal(resumed["criterion"][key], value), key
+    a, b = result_of(out, "resumed")["history"], result_of(out, "stage2")["history"]
+    assert [h["train_loss"] for h in a] == pytest.approx([h["train_loss"] for h in b])
+    assert [h["test_top1"] for h in a] == [h["test_top1"] for h in b]
+
+
+def test_resume_refuses_other_flags(chain, tree, capsys, tmp_path):
+    flags = [str(a) for a in chain["flags"]]
+    flags[flags.index("--checkpoint_dir") + 1] = str(tmp_path / "ckpt")
+    flags[flags.index("--out_dir") + 1] = str(tmp_path / "runs")
+    assert lt_train.main(flags + ["--resume", str(ckpt_path(chain["out"], "stage2")), "--lam", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--lam 0.5 vs 0.25" in err[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_test_script_single_and_distributed(tree, crt, tmp_path):
+    """test.py on a classifier whose predictions vary (nearest class mean on the test features),
+    single-process and sharded over 2 gloo processes, against an in-process evaluation."""
+    data = dataloader.load_data("ImageNet_LT", tree["images"], tree["splits"], NUM_CLASSES, image_size=32,
+                                for_training=False)
+    model = networks.FeatureClassifier("resnet18", NUM_CLASSES)
+    networks.load_weights(model, load(crt), crt, NUM_CLASSES)
+    images = data.images()
+    samples = [images[("eval", i, None)] for i in range(len(data.evaluation))]
+    x = torch.stack([s[1] for s in samples])
+    y = torch.tensor([s[2] for s in samples])
+    with torch.no_grad():
+        features = model(x)[0]
+        means = torch.stack([features[y == c].mean(0) for c in range(NUM_CLASSES)])
+        centre = means.mean(0)
+        model.fc.weight.copy_(means - centre)
+        model.fc.bias.copy_(-0.5 * ((means - centre) ** 2).sum(1) - (means - centre) @ centre)
+        predictions = model(x)[1].argmax(1)
+    assert len(set(predictions.tolist())) > 1, "degenerate classifier: the comparison would be weak"
+    path = tmp_path / "ncm.pth"
+    torch.save({"epoch": 1, "state_dict": networks.released_state(model)}, path)
+    expected = [100.0 * (predictions[y == c] == c).double().mean().item() for c in range(NUM_CLASSES)]
+    for nproc, shell_script in ((1, None), (2, "test.sh")):
+        summary = tmp_path / f"test{nproc}.json"
+        run_script("test.py", data_flags(tree) + ["--loading_path", path, "--workers", 0, "--test_batch_size", 6,
+                                                  "--out_json", summary], nproc=nproc, shell_script=shell_script)
+        tested = json.loads(summary.read_text())
+        assert tested["evaluated_images"] == len(y)
+        assert tested["per_class_accuracy"] == pytest.approx(expected)
+        assert tested["top1"] == pytest.approx(100.0 * (predictions == y).double().mean().item())
+        many, medium, few = expected[0], expected[1], sum(expected[2:]) / 2  # training counts 105/24/6/3
+        assert [tested["shot_accuracy"][k] for k in ("many", "medium", "few")] == pytest.approx([many, medium, few])
+
