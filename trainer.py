@@ -132,10 +132,11 @@ def build_parser(prog, description, losses):
 
 
 def validate_args(args):
-    positive = ("batch_size", "test_batch_size", "epochs", "num_classes", "workers", "print_freq")
-    for name in positive:
-        if getattr(args, name) < (0 if name == "workers" else 1):
+    for name in ("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq"):
+        if getattr(args, name) < 1:
             raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.workers < 0:
+        raise DataError(f"--workers must be >= 0, got {args.workers}")
     for name in ("max_train_batches", "max_test_batches"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise DataError(f"--{name} must be at least 1, got {getattr(args, name)}")
