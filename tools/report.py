@@ -65,15 +65,19 @@ def shot_cell(group):
     parts = []
     for key in ("many", "medium", "few"):
         values = [r["shots"][key] for r in group if r["shots"].get(key) is not None]
-        parts.append(f"{key[0].upper()} {statistics.mean(values):.1f}" if values else f"{key[0].upper()} –")
+        label = {"many": "Many", "medium": "Med", "few": "Few"}[key]
+        parts.append(f"{label} {statistics.mean(values):.1f}" if values else f"{label} –")
     return " / ".join(parts)
 
 
-def table_markdown(spec, runs, table_name, other_rows=frozenset()):
-    """One table in the paper's layout; rows that belong to another table (``other_rows``) are left out."""
+def table_markdown(spec, runs, table_name, other_rows=frozenset(), only_imbalance=None):
+    """One table in the paper's layout; rows that belong to another table (``other_rows``) are left out,
+    and only the ``only_imbalance`` columns are shown when given."""
     aliases = TABLE5_ALIASES if table_name == "table5" else {}
     runs = [dict(r, row=aliases.get(r["row"], r["row"])) for r in runs if r["dataset"] == spec["dataset"]]
     imbalances = sorted(set(spec["imbalance"]) | {r["imbalance"] for r in runs}, reverse=True)
+    if only_imbalance:
+        imbalances = [i for i in imbalances if i in only_imbalance]
     out = []
     for protocol in sorted({r["protocol"] for r in runs}) or ["(no runs)"]:
         chosen = [r for r in runs if r["protocol"] == protocol]
@@ -104,6 +108,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", help="folder searched recursively for result.json files")
     parser.add_argument("--table", choices=("table1", "table2", "table5", "all"), default="all")
+    parser.add_argument("--imbalance", type=int, nargs="+", default=None,
+                        help="show only these imbalance factors (e.g. 100)")
     args = parser.parse_args(argv)
     if not Path(args.runs_dir).is_dir():
         print(f"report.py: error: {args.runs_dir} is not a folder of runs", file=sys.stderr)
@@ -115,7 +121,8 @@ def main(argv=None):
     for name in names:
         others = {TABLE5_ALIASES.get(row, row) if name == "table5" else row
                   for other, spec in paper["tables"].items() if other != name for row in spec["rows"]}
-        print(table_markdown(paper["tables"][name], runs, name, others - set(paper["tables"][name]["rows"])))
+        print(table_markdown(paper["tables"][name], runs, name, others - set(paper["tables"][name]["rows"]),
+                             args.imbalance))
     return 0
 
 
