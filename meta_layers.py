@@ -12,7 +12,9 @@ Two exact ways to get ``dM/dSigma`` are offered:
   on ``theta`` only through the logits and the classifier weight, so one forward-mode
   Jacobian-vector product of the network (logits along ``v``) and a tiny double backward of the
   loss head replace the released double backward through the whole network. The training batch's
-  forward pass is shared by the lookahead and the real update.
+  forward pass is shared by the lookahead and the real update; a model that offers
+  ``forward(x, activations)`` and ``logits_jvp(activations, tangents)`` (as ``resnet.ResNet32``
+  does) also shares it with the JVP, which otherwise ``torch.func.jvp`` recomputes.
 - ``meta_gradient="double_backward"``: the released algorithm literally (gradients with
   ``create_graph=True``, a second forward pass of the training batch); kept as the reference.
 
@@ -127,23 +129,34 @@ class MetaSAug:
     def _learn_by_jvp(self, inputs, targets, meta_inputs, meta_targets, lr, ratio, covariance):
         params = self._lookahead_params()
         weight = self.classifier.weight
-        features, logits = self.model(inputs)
+        if self.lookahead == "all" and hasattr(self.model, "logits_jvp"):
+            activations = {}
+            features, logits = self.model(inputs, activations)
+        else:
+            activations = None
+            features, logits = self.model(inputs)
         train_loss = self.criterion(logits, weight, targets, covariance, ratio)
         grads = torch.autograd.grad(train_loss, list(params.values()), retain_graph=True)
         lookahead = {name: (p - lr * g).detach().requires_grad_()
                      for (name, p), g in zip(params.items(), grads)}
         direction = self._meta_loss_grad(lookahead, meta_inputs, meta_targets)
         tangents = dict(zip(params, direction))
-        primals = {name: p.detach() for name, p in params.items()}
-        detached_features = features.detach()
-        # Forward-mode AD does not mix with autocast's casts; the JVP runs in the parameters' dtype.
-        with frozen_batchnorm_statistics(self.model), torch.autocast(inputs.device.type, enabled=False):
-            _, logits_tangent = jvp(lambda p: self._logits(p, inputs, detached_features),
-                                    (primals,), (tangents,))
+        # A forward pass run in lower precision (autocast) is not reused: the JVP stays exact.
+        if activations is not None and logits.dtype == weight.dtype:
+            logits_tangent = self.model.logits_jvp(activations, tangents)
+        else:
+            logits_tangent = self._logits_jvp_by_forward_ad(params, tangents, inputs, features.detach())
         weight_tangent = tangents.get(self._weight_key)
         meta_grad = -lr * self._mixed_partial(logits.detach(), weight.detach(), targets, covariance,
                                               ratio, logits_tangent, weight_tangent)
         return features, logits, covariance - self.meta_lr * meta_grad
+
+    def _logits_jvp_by_forward_ad(self, params, tangents, inputs, features):
+        """The logits' tangent by ``torch.func.jvp``, which repeats the forward pass."""
+        primals = {name: p.detach() for name, p in params.items()}
+        # Forward-mode AD does not mix with autocast's casts; the JVP runs in the parameters' dtype.
+        with frozen_batchnorm_statistics(self.model), torch.autocast(inputs.device.type, enabled=False):
+            return jvp(lambda p: self._logits(p, inputs, features), (primals,), (tangents,))[1]
 
     def _mixed_partial(self, logits, weight, targets, covariance, ratio, logits_tangent, weight_tangent):
         """``d/dSigma [<dL/dz, z_dot> + <dL/dW, W_dot>]`` at fixed logits ``z`` and weight ``W``."""

@@ -4,7 +4,13 @@ Parameter and buffer names match the authors' released checkpoints
 (``conv1``, ``bn1``, ``layer{1,2,3}.{0..4}.{conv1,bn1,conv2,bn2}``, ``linear``);
 the only extra entries are BatchNorm's ``num_batches_tracked``, which
 ``checkpoint.load_model_state`` fills in when a released checkpoint lacks them.
+
+The network also supplies its exact Jacobian-vector product with respect to its parameters
+(``logits_jvp``), computed from the activations of a recorded forward pass. MetaSAug's
+meta-gradient needs that product at the training batch, whose forward pass it has already run;
+``torch.func.jvp`` would run it again.
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn import init
@@ -13,6 +19,43 @@ from torch.nn import init
 def _kaiming_init(module):
     if isinstance(module, (nn.Linear, nn.Conv2d)):
         init.kaiming_normal_(module.weight)
+
+
+def _conv_jvp(conv, x, x_dot, weight_dot):
+    """Tangent of a bias-free convolution, bilinear in input and weight (``x_dot=None``: constant input)."""
+    tangent = conv._conv_forward(x, weight_dot, None)
+    if x_dot is not None:
+        tangent = tangent + conv._conv_forward(x_dot, conv.weight, None)
+    return tangent
+
+
+def _batch_norm_jvp(norm, x, x_dot, weight_dot, bias_dot):
+    """Tangent of a BatchNorm layer, with the statistics it uses in its current mode.
+
+    With batch statistics, ``x_hat = (x - mean) / std`` moves too:
+    ``y_dot = g/std (x_dot - mean(x_dot) - x_hat mean(x_dot x_hat)) + g_dot x_hat + b_dot``.
+    """
+    dims = [0] + list(range(2, x.dim()))
+    per_channel = (1, -1) + (1,) * (x.dim() - 2)
+    batch_statistics = norm.training or norm.running_mean is None  # as F.batch_norm decides
+    if batch_statistics:
+        var, mean = torch.var_mean(x, dim=dims, unbiased=False, keepdim=True)
+    else:
+        var, mean = norm.running_var.view(per_channel), norm.running_mean.view(per_channel)
+    inverse_std = torch.rsqrt(var + norm.eps)
+    x_hat = (x - mean) * inverse_std
+    scale = norm.weight.view(per_channel) * inverse_std
+    x_hat_coefficient = weight_dot.view(per_channel)
+    offset = bias_dot.view(per_channel)
+    if batch_statistics:
+        x_hat_coefficient = x_hat_coefficient - scale * (x_dot * x_hat).mean(dims, keepdim=True)
+        offset = offset - scale * x_dot.mean(dims, keepdim=True)
+    return torch.addcmul(offset, x_hat, x_hat_coefficient).addcmul_(x_dot, scale)
+
+
+def _relu_jvp(output, output_dot):
+    """Tangent of ``output = relu(.)``; zero where the output is zero, as autograd's ReLU derivative."""
+    return output_dot.masked_fill_(output <= 0, 0)
 
 
 class _OptionAShortcut(nn.Module):
@@ -38,10 +81,24 @@ class BasicBlock(nn.Module):
         else:
             self.shortcut = nn.Identity()
 
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+    def forward(self, x, activations=None):
+        conv1 = self.conv1(x)
+        hidden = F.relu(self.bn1(conv1))
+        conv2 = self.conv2(hidden)
+        out = F.relu(self.bn2(conv2) + self.shortcut(x))
+        if activations is not None:
+            activations[self] = (x, conv1, hidden, conv2, out)
+        return out
+
+    def jvp(self, activations, x_dot, dot):
+        """Tangent of the block's output; ``dot(parameter)`` gives each parameter's tangent."""
+        x, conv1, hidden, conv2, out = activations[self]
+        tangent = _conv_jvp(self.conv1, x, x_dot, dot(self.conv1.weight))
+        tangent = _relu_jvp(hidden, _batch_norm_jvp(self.bn1, conv1, tangent, dot(self.bn1.weight),
+                                                    dot(self.bn1.bias)))
+        tangent = _conv_jvp(self.conv2, hidden, tangent, dot(self.conv2.weight))
+        tangent = _batch_norm_jvp(self.bn2, conv2, tangent, dot(self.bn2.weight), dot(self.bn2.bias))
+        return _relu_jvp(out, tangent + self.shortcut(x_dot))
 
 
 class ResNet32(nn.Module):
@@ -70,8 +127,39 @@ class ResNet32(nn.Module):
             self.in_planes = planes
         return nn.Sequential(*layers)
 
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
+    def _blocks(self):
+        return [block for layer in (self.layer1, self.layer2, self.layer3) for block in layer]
+
+    def forward(self, x, activations=None):
+        """``activations``, a dict, receives what ``logits_jvp`` needs (references, no copies)."""
+        conv1 = self.conv1(x)
+        out = stem = F.relu(self.bn1(conv1))
+        for block in self._blocks():
+            out = block(out, activations)
         features = F.avg_pool2d(out, out.shape[2:]).flatten(1)
+        if activations is not None:
+            activations[self] = (x, conv1, stem, features)
         return features, self.linear(features)
+
+    @torch.no_grad()
+    def logits_jvp(self, activations, tangents):
+        """Tangent of the logits along parameter tangents ``{name: tensor}`` (absent names: zero).
+
+        Exact at the point of the forward pass that filled ``activations`` (BatchNorm in the same
+        mode); it costs two convolutions per layer and no forward pass.
+        """
+        by_parameter = {id(p): tangents[name] for name, p in self.named_parameters() if name in tangents}
+
+        def dot(parameter):
+            tangent = by_parameter.get(id(parameter))
+            return torch.zeros_like(parameter) if tangent is None else tangent
+
+        x, conv1, stem, features = activations[self]
+        tangent = _conv_jvp(self.conv1, x, None, dot(self.conv1.weight))
+        tangent = _relu_jvp(stem, _batch_norm_jvp(self.bn1, conv1, tangent, dot(self.bn1.weight),
+                                                  dot(self.bn1.bias)))
+        for block in self._blocks():
+            tangent = block.jvp(activations, tangent, dot)
+        features_dot = tangent.mean((2, 3))
+        return (features_dot @ self.linear.weight.t() + features @ dot(self.linear.weight).t()
+                + dot(self.linear.bias))

@@ -35,9 +35,12 @@ def test_loss_value_and_covariance_gradient(golden, base):
     torch.testing.assert_close(grad, case[base]["grad_covariance"], **TOL)
 
 
-@pytest.mark.parametrize("meta_gradient", ["jvp", "double_backward"])
+@pytest.mark.parametrize("meta_gradient", ["jvp", "jvp_by_forward_ad", "double_backward"])
 @pytest.mark.parametrize("base", ["ce", "ldam"])
-def test_three_metasaug_iterations(golden, float64, base, meta_gradient):
+def test_three_metasaug_iterations(golden, float64, monkeypatch, base, meta_gradient):
+    if meta_gradient == "jvp_by_forward_ad":  # the route of a model without its own logits_jvp
+        monkeypatch.delattr(ResNet32, "logits_jvp")
+        meta_gradient = "jvp"
     it, hyper = golden["iterations"], golden["iterations"]["hyper"]
     model = ResNet32(10)
     model.load_state_dict(it["init_state_dict"], strict=False)

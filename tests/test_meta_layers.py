@@ -41,11 +41,14 @@ def run_step(model, criterion, batch, lookahead="all", meta_gradient="jvp", lr=0
 @pytest.mark.parametrize("lookahead", ["all", "classifier"])
 @pytest.mark.parametrize("diagonal", [False, True])
 @pytest.mark.parametrize("base", ["ce", "ldam", "focal"])
-def test_fast_meta_gradient_equals_double_backward(base, diagonal, lookahead):
+@pytest.mark.parametrize("jvp_route", ["logits_jvp", "forward_ad"])
+def test_fast_meta_gradient_equals_double_backward(monkeypatch, jvp_route, base, diagonal, lookahead):
     model, criterion, batch = tiny_setup(base, diagonal)
     start = criterion.estimator.covariance.clone()
     results = {}
-    for path in ("jvp", "double_backward"):
+    for path in ("double_backward", "jvp"):
+        if path == "jvp" and jvp_route == "forward_ad":  # the route of a model without logits_jvp
+            monkeypatch.delattr(ResNet32, "logits_jvp")
         m, c = copy.deepcopy(model), copy.deepcopy(criterion)
         results[path] = run_step(m, c, batch, lookahead, path) + (m.state_dict(), c.estimator.state_dict())
     fast, slow = results["jvp"], results["double_backward"]
