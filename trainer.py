@@ -249,12 +249,14 @@ class Run:
                     epoch_sums=[float(s) for s in pos["epoch_sums"]], elapsed=pos["elapsed"],
                     config=vars(self.args), cls_num_list=self.data.cls_num_list)
 
-    def _batch(self, images, labels, index, *keys):
+    def augmented_batch(self, images, labels, index, *keys):
+        """Images ``index`` augmented on the device; ``keys`` name the random stream (same keys, same batch)."""
         generator = batch_generator(self.args.seed, *keys, device=self.device)
         return augment(images[index], generator).contiguous(memory_format=self.memory_format), labels[index]
 
     def train_step(self, epoch, iteration, index, lookahead_lr, ratio):
-        x, y = self._batch(self.data.train_images, self.data.train_labels, index, "augment", epoch, iteration)
+        x, y = self.augmented_batch(self.data.train_images, self.data.train_labels, index,
+                                    "augment", epoch, iteration)
         with self._autocast():
             loss, logits = self._loss(x, y, epoch, iteration, lookahead_lr, ratio)
         self.optimizer.zero_grad(set_to_none=True)
@@ -284,8 +286,8 @@ class Run:
         else:
             generator = batch_generator(self.args.seed, "meta", epoch, iteration, device=self.device)
             meta_index = sample_meta_batch(len(self.data.meta_labels), self.args.batch_size, generator)
-            x_meta, y_meta = self._batch(self.data.meta_images, self.data.meta_labels, meta_index,
-                                         "meta_augment", epoch, iteration)
+            x_meta, y_meta = self.augmented_batch(self.data.meta_images, self.data.meta_labels, meta_index,
+                                                  "meta_augment", epoch, iteration)
             loss, logits = self.meta.step(x, y, x_meta, y_meta, lr=lookahead_lr, ratio=ratio)
         return loss, logits
 

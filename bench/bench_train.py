@@ -139,6 +139,12 @@ def ours_compute_step(run, x, y, meta_batch=None):
     return len(y), 1
 
 
+def steps(step, count):
+    """`count` calls of a compute step, as one timed unit (images, steps)."""
+    images = sum(step()[0] for _ in range(count))
+    return images, count
+
+
 def ours_batches(run, epoch, num_batches):
     return epoch_batches(len(run.data.train_labels), run.args.batch_size, run.args.seed, epoch,
                          device=run.device)[:num_batches]
@@ -149,10 +155,10 @@ def ours_data(run, num_batches):
     data, epoch = run.data, run.args.meta_start
     batches = ours_batches(run, epoch, num_batches)
     for iteration, index in enumerate(batches):
-        run._batch(data.train_images, data.train_labels, index, "augment", epoch, iteration)
+        run.augmented_batch(data.train_images, data.train_labels, index, "augment", epoch, iteration)
         generator = batch_generator(run.args.seed, "meta", epoch, iteration, device=run.device)
         meta_index = sample_meta_batch(len(data.meta_labels), run.args.batch_size, generator)
-        run._batch(data.meta_images, data.meta_labels, meta_index, "meta_augment", epoch, iteration)
+        run.augmented_batch(data.meta_images, data.meta_labels, meta_index, "meta_augment", epoch, iteration)
     return sum(map(len, batches)), len(batches)
 
 
@@ -330,13 +336,20 @@ class GpuUtilisation:
 
 
 def measure(cases, device, repeats, warmup):
-    """Warm every case up, then time them round-robin, `repeats` times each."""
+    """Warm every case up, its last warm-up run measuring peak memory, then time them round-robin.
+
+    Memory is kept out of the timed runs: resetting the peak hands freed memory back to the system,
+    and the run after it would pay for faulting that memory in again.
+    """
     for case in cases.values():
-        for _ in range(warmup):
+        for _ in range(warmup - 1):
             case.run()
+        reset_peak_memory(device)
+        case.run()
+        synchronize(device)
+        case.peak_mib = peak_memory_mib(device)
     for _ in range(repeats):
         for case in cases.values():
-            reset_peak_memory(device)
             synchronize(device)
             start = time.perf_counter()
             case.images, case.steps = case.run()
@@ -344,7 +357,6 @@ def measure(cases, device, repeats, warmup):
             end = time.perf_counter()
             case.seconds.append(end - start)
             case.windows.append((start, end))
-            case.peak_mib = max(case.peak_mib, peak_memory_mib(device))
 
 
 def summary(case, gpu):
@@ -363,16 +375,17 @@ def build_cases(data_cpu, device, args):
     data = data_cpu.to(device)
     runs = {gradient: make_run(data, device, args.batch_size, gradient, args.channels_last)
             for gradient in ("jvp", "double_backward")}
-    ours, n = runs["jvp"], args.epoch_batches
+    ours, n, k = runs["jvp"], args.epoch_batches, args.steps
     meta_epoch = ours.args.meta_start
     index = ours_batches(ours, meta_epoch, 1)[0]
-    x, y = ours._batch(data.train_images, data.train_labels, index, "bench")
+    x, y = ours.augmented_batch(data.train_images, data.train_labels, index, "bench")
     meta_index = sample_meta_batch(len(data.meta_labels), args.batch_size, batch_generator(SEED, "bench"))
-    meta_batch = ours._batch(data.meta_images, data.meta_labels, meta_index, "bench_meta")
+    meta_batch = ours.augmented_batch(data.meta_images, data.meta_labels, meta_index, "bench_meta")
     cases = {
-        "ours/plain_step": Case(lambda: ours_compute_step(ours, x, y)),
-        "ours/metasaug_jvp": Case(lambda: ours_compute_step(ours, x, y, meta_batch)),
-        "ours/metasaug_double_backward": Case(lambda: ours_compute_step(runs["double_backward"], x, y, meta_batch)),
+        "ours/plain_step": Case(lambda: steps(lambda: ours_compute_step(ours, x, y), k)),
+        "ours/metasaug_jvp": Case(lambda: steps(lambda: ours_compute_step(ours, x, y, meta_batch), k)),
+        "ours/metasaug_double_backward": Case(lambda: steps(
+            lambda: ours_compute_step(runs["double_backward"], x, y, meta_batch), k)),
         "ours/data_pipeline": Case(lambda: ours_data(ours, n)),
         "ours/epoch_plain": Case(lambda: ours_epoch(ours, PLAIN_EPOCH, n)),
         "ours/epoch_metasaug": Case(lambda: ours_epoch(ours, meta_epoch, n)),
@@ -381,8 +394,8 @@ def build_cases(data_cpu, device, args):
         released = ReleasedDesign(data_cpu, device, ours.args)
         x_nchw, meta_nchw = x.contiguous(), tuple(t.contiguous() for t in meta_batch)
         cases.update({
-            "released/plain_step": Case(lambda: released.compute_step(x_nchw, y)),
-            "released/metasaug_step": Case(lambda: released.compute_step(x_nchw, y, meta_nchw)),
+            "released/plain_step": Case(lambda: steps(lambda: released.compute_step(x_nchw, y), k)),
+            "released/metasaug_step": Case(lambda: steps(lambda: released.compute_step(x_nchw, y, meta_nchw), k)),
             "released/data_pipeline": Case(lambda: released.data(n)),
             "released/epoch_plain": Case(lambda: released.epoch(n, meta=False)),
             "released/epoch_metasaug": Case(lambda: released.epoch(n, meta=True)),
@@ -430,10 +443,11 @@ def report(results, settings, info):
              f"({info['torch_threads']} threads), device {info.get('gpu', info['device'])}",
              f"data     {settings['data']}: {settings['train_images']} training images, {settings['meta_images']} meta, "
              f"batch {settings['batch_size']}, channels_last {settings['channels_last']}",
-             f"timing   median of {settings['repeats']} after {settings['warmup']} warm-up, round-robin; data and "
+             f"timing   median of {settings['repeats']} after {settings['warmup']} warm-up, round-robin; "
+             f"compute-only figures over {settings['steps']} steps; data and "
              f"epoch figures over {settings['measured_batches']} of {settings['epoch_batches']} batches"
              + (", extrapolated to a full epoch" if settings["measured_batches"] < settings["epoch_batches"] else ""),
-             f"memory   {settings['memory']} during each figure, MiB "
+             f"memory   {settings['memory']} during each figure's last warm-up run, MiB "
              f"(before measuring: {settings['baseline_memory_mib']:.0f})", ""]
     gpu = info["device"].startswith("cuda")
     header = (f"{'figure':<28}{'ours img/s':>11}{'ms/step':>10}{'released img/s':>16}{'ms/step':>10}"
@@ -468,7 +482,10 @@ def parse_args(argv=None):
     p.add_argument("--synthetic-train-size", type=int, default=None,
                    help="about this many synthetic training images (default: CIFAR-10-LT's 12,380)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of every case, median reported (default: 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed runs of every case first (default: 1)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed runs of every case first, the last one measuring peak memory (default: 1)")
+    p.add_argument("--steps", type=int, default=5,
+                   help="steps per timed run of the compute-only figures (default: 5)")
     p.add_argument("--batch-size", type=int, default=100, help="default: 100")
     p.add_argument("--epoch-batches", type=int, default=None,
                    help="batches timed by the data and epoch figures, extrapolated to an epoch (default: all)")
@@ -480,10 +497,11 @@ def parse_args(argv=None):
                    help="torch CPU threads (default: torch's); 1 avoids OpenMP stalls on a busy machine")
     p.add_argument("--json", default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
-    positive = (args.repeats, args.batch_size, args.epoch_batches, args.threads, args.synthetic_train_size)
-    if any(n is not None and n < 1 for n in positive) or args.warmup < 0:
-        p.error("--repeats, --batch-size, --epoch-batches, --threads and --synthetic-train-size must be positive, "
-                "--warmup non-negative")
+    positive = (args.repeats, args.warmup, args.steps, args.batch_size, args.epoch_batches, args.threads,
+                args.synthetic_train_size)
+    if any(n is not None and n < 1 for n in positive):
+        p.error("--repeats, --warmup, --steps, --batch-size, --epoch-batches, --threads and "
+                "--synthetic-train-size must be positive")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available")
     if args.channels_last is None:
@@ -516,7 +534,7 @@ def main(argv=None):
               "peak RSS of this process so far (the high-water mark could not be reset)")
     settings = dict(data=args.data_root or "synthetic", train_images=len(data.train_labels),
                     meta_images=len(data.meta_labels), batch_size=args.batch_size, channels_last=args.channels_last,
-                    repeats=args.repeats, warmup=args.warmup, measured_batches=args.epoch_batches,
+                    repeats=args.repeats, warmup=args.warmup, steps=args.steps, measured_batches=args.epoch_batches,
                     epoch_batches=full_batches, memory=memory, baseline_memory_mib=baseline_mib,
                     released_loader=RELEASED_LOADER)
     results, info = figures(cases, gpu, full_batches), machine(device)

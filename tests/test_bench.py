@@ -14,7 +14,7 @@ def test_bench_reports_every_figure_for_both_designs(tmp_path):
     out = tmp_path / "bench.json"
     # One torch thread: on a busy machine OpenMP threads waiting for each other can take minutes.
     command = [sys.executable, "bench/bench_train.py", "--device", "cpu", "--repeats", "1", "--batch-size", "8",
-               "--epoch-batches", "2", "--synthetic-train-size", "64", "--threads", "1", "--released-design",
+               "--epoch-batches", "2", "--steps", "2", "--synthetic-train-size", "64", "--threads", "1", "--released-design",
                "--json", str(out)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
