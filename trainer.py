@@ -257,14 +257,15 @@ class Run:
     def train_step(self, epoch, iteration, index, lookahead_lr, ratio):
         x, y = self.augmented_batch(self.data.train_images, self.data.train_labels, index,
                                     "augment", epoch, iteration)
-        with self._autocast():
+        with self.autocast():
             loss, logits = self._loss(x, y, epoch, iteration, lookahead_lr, ratio)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return loss.detach(), (logits.argmax(1) == y).sum(), len(y)
 
-    def _autocast(self):
+    def autocast(self):
+        """bf16 autocast where --amp asks for it, a no-op context otherwise."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.amp)
 
     def _loss(self, x, y, epoch, iteration, lookahead_lr, ratio):
@@ -295,7 +296,7 @@ class Run:
         subset = evaluation_subset(len(self.data.test_labels), self.args.test_batch_size,
                                    self.args.max_test_batches).to(self.device)
         labels = self.data.test_labels[subset]
-        with self._autocast():
+        with self.autocast():
             predictions = predict(self.forward_model, self.data.test_images[subset], self.args.test_batch_size,
                                   lambda images: normalize(images).contiguous(memory_format=self.memory_format))
         per_class = per_class_accuracy(predictions, labels, self.args.num_classes)

@@ -111,12 +111,12 @@ class ReleasedCifar(Dataset):
 # Ours: trainer.Run
 # ---------------------------------------------------------------------------------------------
 
-def make_run(data, device, batch_size, meta_gradient, channels_last):
+def make_run(data, device, batch_size, meta_gradient, channels_last, amp):
     """A trainer.Run built by its own __init__ with trainer's defaults, on in-memory data."""
     args = build_parser("bench", "", ("ce",)).parse_args([
         "--device", device.type, "--batch-size", str(batch_size), "--num_classes", str(len(data.cls_num_list)),
         "--meta_gradient", meta_gradient, "--channels_last", str(channels_last), "--seed", str(SEED),
-        "--data_root", "in-memory"])
+        "--data_root", "in-memory"] + ["--amp"] * amp)
     with mock.patch.object(trainer, "build_dataset", return_value=data):
         return Run(args, ("ce",))
 
@@ -128,11 +128,12 @@ def schedule(args, epoch):
 
 def ours_compute_step(run, x, y, meta_batch=None):
     """Run.train_step without its data: the plain branch, or MetaSAug when a meta batch is given."""
-    if meta_batch is None:
-        loss = F.cross_entropy(run.model(x)[1], y)
-    else:
-        lookahead_lr, ratio = schedule(run.args, run.args.meta_start)
-        loss, _ = run.meta.step(x, y, *meta_batch, lr=lookahead_lr, ratio=ratio)
+    with run.autocast():
+        if meta_batch is None:
+            loss = F.cross_entropy(run.model(x)[1], y)
+        else:
+            lookahead_lr, ratio = schedule(run.args, run.args.meta_start)
+            loss, _ = run.meta.step(x, y, *meta_batch, lr=lookahead_lr, ratio=ratio)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
@@ -373,7 +374,7 @@ def summary(case, gpu):
 def build_cases(data_cpu, device, args):
     """Every timed case, ours and released interleaved so that compared cases run back to back."""
     data = data_cpu.to(device)
-    runs = {gradient: make_run(data, device, args.batch_size, gradient, args.channels_last)
+    runs = {gradient: make_run(data, device, args.batch_size, gradient, args.channels_last, args.amp)
             for gradient in ("jvp", "double_backward")}
     ours, n, k = runs["jvp"], args.epoch_batches, args.steps
     meta_epoch = ours.args.meta_start
@@ -442,7 +443,7 @@ def report(results, settings, info):
     lines = [f"machine  {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), torch {info['torch']} "
              f"({info['torch_threads']} threads), device {info.get('gpu', info['device'])}",
              f"data     {settings['data']}: {settings['train_images']} training images, {settings['meta_images']} meta, "
-             f"batch {settings['batch_size']}, channels_last {settings['channels_last']}",
+             f"batch {settings['batch_size']}, channels_last {settings['channels_last']}, amp {settings['amp']}",
              f"timing   median of {settings['repeats']} after {settings['warmup']} warm-up, round-robin; "
              f"compute-only figures over {settings['steps']} steps; data and "
              f"epoch figures over {settings['measured_batches']} of {settings['epoch_batches']} batches"
@@ -493,6 +494,8 @@ def parse_args(argv=None):
                    help="also time the released design (default: on)")
     p.add_argument("--channels_last", "--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="our network and batches in channels_last (default: trainer.py's default)")
+    p.add_argument("--amp", action="store_true",
+                   help="ours with trainer.py's --amp (bf16 autocast); the released design stays in float32")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's); 1 avoids OpenMP stalls on a busy machine")
     p.add_argument("--json", default=None, help="also write the figures to this file")
@@ -533,7 +536,7 @@ def main(argv=None):
               "peak RSS of this process (DataLoader workers excluded)" if fresh_peaks else
               "peak RSS of this process so far (the high-water mark could not be reset)")
     settings = dict(data=args.data_root or "synthetic", train_images=len(data.train_labels),
-                    meta_images=len(data.meta_labels), batch_size=args.batch_size, channels_last=args.channels_last,
+                    meta_images=len(data.meta_labels), batch_size=args.batch_size, channels_last=args.channels_last, amp=args.amp,
                     repeats=args.repeats, warmup=args.warmup, steps=args.steps, measured_batches=args.epoch_batches,
                     epoch_batches=full_batches, memory=memory, baseline_memory_mib=baseline_mib,
                     released_loader=RELEASED_LOADER)
