@@ -125,3 +125,18 @@ def test_bad_arguments():
         MetaSAug(model, criterion, lookahead="last")
     with pytest.raises(ValueError, match="meta_gradient must be one of"):
         MetaSAug(model, criterion, meta_gradient="fd")
+
+
+def test_a_forward_pass_under_autocast_is_not_reused(monkeypatch):
+    """bf16 activations would make the JVP inexact: under autocast it goes through torch.func.jvp."""
+    model, criterion, batch = tiny_setup(dtype=torch.float32)
+
+    def refuse(*args):
+        raise AssertionError("logits_jvp called on a forward pass run under autocast")
+
+    monkeypatch.setattr(ResNet32, "logits_jvp", refuse)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = MetaSAug(model, criterion, meta_lr=10.0).step(*batch, lr=0.5, ratio=0.7)
+    assert torch.isfinite(loss)
+    with pytest.raises(AssertionError, match="under autocast"):
+        MetaSAug(model, criterion, meta_lr=10.0).step(*batch, lr=0.5, ratio=0.7)
