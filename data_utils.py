@@ -190,12 +190,19 @@ class LongTailData:
     test_labels: torch.Tensor
     cls_num_list: list[int]
     class_names: list[str]
+    train_indices: torch.Tensor | None = None  # into the full training split: which images the long tail kept
 
     def to(self, device):
         """A copy with every tensor on `device` (dtypes unchanged, so images stay uint8)."""
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **moved)
+
+
+def index_fingerprint(indices):
+    """sha256 of the sorted indices (int64, little-endian): two runs with equal fingerprints share a subset."""
+    ordered = np.sort(np.asarray(torch.as_tensor(indices).cpu(), dtype='<i8'))
+    return hashlib.sha256(ordered.tobytes()).hexdigest()
 
 
 def meta_split_indices(labels, num_classes, num_meta, seed):
@@ -260,7 +267,7 @@ def build_dataset(data_root, dataset='cifar10', num_meta=10, imb_factor=0.01, pr
     return LongTailData(train_images=train_images[train_idx], train_labels=train_labels[train_idx],
                         meta_images=train_images[meta_idx], meta_labels=train_labels[meta_idx],
                         test_images=test_images, test_labels=test_labels,
-                        cls_num_list=counts, class_names=class_names)
+                        cls_num_list=counts, class_names=class_names, train_indices=train_idx)
 
 
 def _check_num_meta(num_meta, per_class, class_names):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
-from data_utils import (DataError, augment, batch_generator, build_dataset, epoch_batches,
+from data_utils import (DataError, augment, batch_generator, build_dataset, epoch_batches, index_fingerprint,
                         normalize, sample_meta_batch)
 from figures import confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
 from loss import MetaSAugLoss, classification_loss
@@ -44,6 +44,26 @@ RESUME_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_pr
                      "epochs", "lr", "momentum", "nesterov", "weight_decay", "seed", "lam", "meta_lr",
                      "meta_start", "lr_milestones", "loss", "gamma", "max_m", "beta", "lookahead",
                      "max_train_batches", "method", "amp")
+
+
+# Flags the first phase (every epoch before --meta_start) depends on; with the first phase's loss
+# (first_phase_loss) they decide whether a run may branch from another run's first phase (--init_from).
+PHASE1_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_profile", "seed", "batch_size",
+                     "epochs", "lr", "lr_milestones", "momentum", "nesterov", "weight_decay", "meta_start",
+                     "channels_last", "amp", "compile", "max_train_batches", "eval_every", "max_test_batches",
+                     "test_batch_size")
+
+
+def first_phase_loss(method, base, beta, max_m, gamma):
+    """What the epochs before --meta_start minimise, in words: runs with equal text compute the same first phase.
+
+    The augmented methods train plain cross-entropy there whatever their base loss (as released);
+    plain and drw their base loss unweighted; cb its base loss with class-balanced weights.
+    """
+    if method in AUGMENTED:
+        return "cross-entropy"
+    text = {"ce": "cross-entropy", "ldam": f"LDAM loss (max_m {max_m})", "focal": f"focal loss (gamma {gamma})"}[base]
+    return f"class-balanced (beta {beta}) {text}" if method == "cb" and beta else text
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -117,8 +137,15 @@ def build_parser(prog, description, losses):
                        help="<save_name>_ckpt.pth.tar (last epoch) and <save_name>_best.pth.tar go here")
     added.add_argument("--out_dir", default=None, help="logs, TensorBoard, result.json (default runs/<save_name>)")
     added.add_argument("--resume", default=None, help="checkpoint to continue from (mid-epoch included)")
+    added.add_argument("--init_from", default=None,
+                       help="start the second phase from another run's <save_name>_phase1.pth.tar (same first "
+                            "phase: data, seed, schedule and first-phase loss must match); ends bit-identical "
+                            "to training from scratch. Ignored with --resume, whose checkpoint holds the branch")
     added.add_argument("--max_train_batches", type=int, default=None, help="cap on iterations per epoch")
     added.add_argument("--max_test_batches", type=int, default=None, help="cap on evaluation batches")
+    added.add_argument("--eval_every", type=int, default=1,
+                       help="evaluate first-phase epochs every N epochs (1: every epoch, as released); the "
+                            "second phase, the first phase's last epoch and the last epoch are always evaluated")
     added.add_argument("--lookahead", choices=LOOKAHEADS, default="all", help="parameters of the lookahead step")
     added.add_argument("--meta_gradient", choices=META_GRADIENTS, default="jvp",
                        help="exact fast path, or the released double backward")
@@ -132,7 +159,7 @@ def build_parser(prog, description, losses):
 
 
 def validate_args(args):
-    for name in ("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq"):
+    for name in ("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq", "eval_every"):
         if getattr(args, name) < 1:
             raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
     if args.workers < 0:
@@ -161,9 +188,12 @@ def learning_rate(epoch, base_lr, milestones):
 
 
 def git_commit():
+    """HEAD of the code's repository, with ``+dirty`` when tracked files differ from it; None outside git."""
+    def git(*words):
+        return subprocess.run(["git", *words], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              check=True).stdout.strip()
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -192,6 +222,31 @@ def check_resume(args, checkpoint):
                               f"pass the checkpoint's values or start a new run")
 
 
+def check_init_from(run, checkpoint):
+    """Refuse a first-phase checkpoint that another first phase wrote than the one ``run`` would train."""
+    args, path = run.args, run.args.init_from
+    config = checkpoint.get("config")
+    if not isinstance(config, dict) or "iteration" not in checkpoint or "base_loss" not in checkpoint:
+        raise CheckpointError(f"--init_from {path} is not a first-phase checkpoint of this repository "
+                              f"(no config, position or base loss); use a <save_name>_phase1.pth.tar")
+    if (checkpoint["epoch"], checkpoint["iteration"]) != (args.meta_start, 0):
+        raise CheckpointError(f"--init_from {path} holds the state after epoch {checkpoint['epoch']} (iteration "
+                              f"{checkpoint['iteration']}), not the end of the first phase (--meta_start "
+                              f"{args.meta_start}); use the run's <save_name>_phase1.pth.tar")
+    clashes = [f"--{k} {getattr(args, k)} vs {config[k]}" for k in PHASE1_MUST_MATCH
+               if k in config and config[k] != getattr(args, k)]
+    if checkpoint.get("train_index_sha256") not in (None, run.train_index_sha256):
+        clashes.append("another long-tail training subset (train_index_sha256)")
+    theirs = first_phase_loss(config["method"], checkpoint["base_loss"], config.get("beta"), config.get("max_m"),
+                              config.get("gamma"))
+    ours = first_phase_loss(args.method, run.base, args.beta, args.max_m, args.gamma)
+    if theirs != ours:
+        clashes.append(f"first-phase loss {ours} vs {theirs}")
+    if clashes:
+        raise CheckpointError(f"--init_from {path} is another first phase ({'; '.join(clashes)}); pass its "
+                              f"values or train this run from scratch")
+
+
 class Run:
     """One training run: state, the two phases' iteration, evaluation, checkpoints and logs."""
 
@@ -203,14 +258,19 @@ class Run:
         if args.resume:
             self.resume_state = load_checkpoint(args.resume)
             check_resume(args, self.resume_state)
+        branch_state = load_checkpoint(args.init_from) if args.init_from and not args.resume else None
         args.data_root = args.data_root or str(Path("data") / args.dataset)
         self.data = build_dataset(args.data_root, args.dataset, args.num_meta, args.imb_factor,
                                   args.imb_profile, args.num_classes, args.download,
                                   args.workers).to(self.device)
+        self.train_index_sha256 = index_fingerprint(self.data.train_indices)
+        if branch_state is not None:
+            check_init_from(self, branch_state)
         self.rarest = min(range(len(self.data.cls_num_list)), key=self.data.cls_num_list.__getitem__)
         self.out_dir = Path(args.out_dir or Path("runs") / args.save_name)
         self.last_path = Path(args.checkpoint_dir) / f"{args.save_name}_ckpt.pth.tar"
         self.best_path = Path(args.checkpoint_dir) / f"{args.save_name}_best.pth.tar"
+        self.phase1_path = Path(args.checkpoint_dir) / f"{args.save_name}_phase1.pth.tar"
 
         torch.manual_seed(args.seed)
         if self.device.type == "cuda":
@@ -227,17 +287,26 @@ class Run:
                              meta_gradient=args.meta_gradient)
         self.forward_model = torch.compile(self.model) if args.compile else self.model
         self.position = dict(epoch=0, iteration=0, best_acc1=0.0, best_epoch=None, history=[],
-                             epoch_sums=[0.0, 0, 0], elapsed=0.0)
+                             epoch_sums=[0.0, 0, 0], elapsed=0.0, commits=[])
         if self.resume_state is not None:
             self._restore(self.resume_state)
+        if branch_state is not None:
+            self._restore(branch_state, criterion=False)
+        commit = git_commit()
+        if commit not in self.position["commits"][-1:]:
+            self.position["commits"].append(commit)
 
-    def _restore(self, state):
+    def _restore(self, state, criterion=True):
+        """Continue from ``state``; a branch (``criterion=False``) keeps its own loss, whose estimator the
+        first phase never touches and whose class weights and margins may differ from the first phase's run."""
         load_model_state(self.model, state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.criterion.load_state_dict(state["criterion"])
+        if criterion:
+            self.criterion.load_state_dict(state["criterion"])
         self.position = dict(epoch=state["epoch"], iteration=state["iteration"], best_acc1=state["best_acc1"],
                              best_epoch=state["best_epoch"], history=state["history"],
-                             epoch_sums=state["epoch_sums"], elapsed=state["elapsed"])
+                             epoch_sums=state["epoch_sums"], elapsed=state["elapsed"],
+                             commits=state.get("commits", []))
 
     def _state(self):
         """The released checkpoint keys, plus everything --resume needs."""
@@ -246,8 +315,9 @@ class Run:
                     best_acc1=pos["best_acc1"], optimizer=self.optimizer.state_dict(),
                     iteration=pos["iteration"], best_epoch=pos["best_epoch"],
                     criterion=self.criterion.state_dict(), history=pos["history"],
-                    epoch_sums=[float(s) for s in pos["epoch_sums"]], elapsed=pos["elapsed"],
-                    config=vars(self.args), cls_num_list=self.data.cls_num_list)
+                    epoch_sums=[float(s) for s in pos["epoch_sums"]], elapsed=pos["elapsed"], commits=pos["commits"],
+                    config=vars(self.args), cls_num_list=self.data.cls_num_list, base_loss=self.base,
+                    train_index_sha256=self.train_index_sha256)
 
     def augmented_batch(self, images, labels, index, *keys):
         """Images ``index`` augmented on the device; ``keys`` name the random stream (same keys, same batch)."""
@@ -348,36 +418,52 @@ class Run:
                                      f"stopped, the last good checkpoint {self.last_path} is kept "
                                      f"(try a lower --lr or --lam)")
 
+    def evaluates(self, epoch):
+        """Whether ``epoch`` (0-based) is evaluated under ``--eval_every``."""
+        args = self.args
+        return (epoch >= args.meta_start - 1 or epoch == args.epochs - 1
+                or (epoch + 1) % args.eval_every == 0)
+
     def _end_epoch(self, epoch, lr, started, writer):
         args, pos = self.args, self.position
         loss_sum, correct, seen = pos["epoch_sums"]
         train_loss, train_acc = float(loss_sum) / seen, 100.0 * float(correct) / seen
-        top1, per_class, confusion = self.evaluate()
-        is_best = top1 > pos["best_acc1"]
-        if is_best:
-            pos["best_acc1"], pos["best_epoch"] = top1, epoch
-        shots = shot_accuracy(per_class, self.data.cls_num_list)
         spectrum = self._covariance_spectrum()
-        for entry in pos["history"]:  # the confusion matrix is kept for the last epoch only
-            entry.pop("confusion_matrix", None)
-        pos["history"].append(dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc,
-                                   test_top1=top1, per_class_accuracy=per_class, shot_accuracy=shots,
-                                   confusion_matrix=confusion.tolist(), covariance_spectrum=spectrum))
+        entry = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, covariance_spectrum=spectrum)
+        is_best = False
+        if self.evaluates(epoch):
+            top1, per_class, confusion = self.evaluate()
+            is_best = top1 > pos["best_acc1"]
+            if is_best:
+                pos["best_acc1"], pos["best_epoch"] = top1, epoch
+            shots = shot_accuracy(per_class, self.data.cls_num_list)
+            for old in pos["history"]:  # the confusion matrix is kept for the last evaluated epoch only
+                old.pop("confusion_matrix", None)
+            entry.update(test_top1=top1, per_class_accuracy=per_class, shot_accuracy=shots,
+                         confusion_matrix=confusion.tolist())
+        pos["history"].append(entry)
         pos.update(epoch=epoch + 1, iteration=0, epoch_sums=[0.0, 0, 0], elapsed=time.time() - started)
         elapsed = pos["elapsed"]
         eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
+        test = (f"test top-1 {entry['test_top1']:.2f} (best {pos['best_acc1']:.2f})" if "test_top1" in entry
+                else "not evaluated")
         print(f"Epoch {epoch + 1}/{args.epochs} | loss {train_loss:.4f} | train acc {train_acc:.2f} | "
-              f"test top-1 {top1:.2f} (best {pos['best_acc1']:.2f}) | lr {lr:g} | "
-              f"elapsed {elapsed / 60:.1f} min | ETA {eta / 60:.1f} min", flush=True)
-        for name, value in (("train/loss", train_loss), ("train/accuracy", train_acc), ("test/top1", top1),
-                            ("lr", lr), *((f"test/{k}_shot", v) for k, v in shots.items() if v is not None)):
+              f"{test} | lr {lr:g} | elapsed {elapsed / 60:.1f} min | ETA {eta / 60:.1f} min", flush=True)
+        scalars = [("train/loss", train_loss), ("train/accuracy", train_acc), ("lr", lr)]
+        if "test_top1" in entry:
+            scalars += [("test/top1", entry["test_top1"]),
+                        *((f"test/{k}_shot", v) for k, v in entry["shot_accuracy"].items() if v is not None)]
+            self._write_confusion(epoch, confusion, writer)
+        for name, value in scalars:
             writer.add_scalar(name, value, epoch)
-        self._write_figures(epoch, confusion, spectrum, writer)
+        self._write_spectrum(epoch, spectrum, writer)
         writer.flush()
         state = self._state()
         save_checkpoint(state, self.last_path)
         if is_best:
             save_checkpoint(state, self.best_path)
+        if epoch == args.meta_start - 1:
+            save_checkpoint(state, self.phase1_path)
 
     def _covariance_spectrum(self):
         """Fig. 2: top-5 normalised singular values of the rarest class's covariance (ISDA's
@@ -389,11 +475,14 @@ class Run:
             spectrum["meta_learned"] = top_singular_values(self.meta.learned_covariance[self.rarest])
         return spectrum
 
-    def _write_figures(self, epoch, confusion, spectrum, writer):
-        """Fig. 4 and Fig. 2 as PNG files in --out_dir (overwritten each epoch) and in TensorBoard."""
+    def _write_confusion(self, epoch, confusion, writer):
+        """Fig. 4 as a PNG file in --out_dir (overwritten at each evaluation) and in TensorBoard."""
         image = save_confusion_png(confusion, self.data.class_names, self.out_dir / "confusion_matrix.png",
                                    f"confusion matrix (%), epoch {epoch + 1}; rows: true class")
         writer.add_image("figures/confusion_matrix", np.asarray(image), epoch, dataformats="HWC")
+
+    def _write_spectrum(self, epoch, spectrum, writer):
+        """Fig. 2 as a PNG file in --out_dir (overwritten each epoch) and in TensorBoard."""
         for name, values in spectrum.items():
             for i, value in enumerate(values):
                 writer.add_scalar(f"covariance_rarest_class/{name}_s{i + 1}", value, epoch)
@@ -414,14 +503,17 @@ class Run:
         args, pos = self.args, self.position
         final = pos["history"][-1]
         best = next(h for h in pos["history"] if h["epoch"] == pos["best_epoch"]) if pos["best_epoch"] is not None else final
-        result = dict(config=vars(args), commit=git_commit(), seed=args.seed, base_loss=self.base,
+        result = dict(config=vars(args), commit=pos["commits"][0], commits=pos["commits"], seed=args.seed,
+                      base_loss=self.base,
                       device=str(self.device), cls_num_list=self.data.cls_num_list,
+                      train_index_sha256=self.train_index_sha256,
                       class_names=self.data.class_names,
                       final_epoch=final["epoch"], final_top1_error=100 - final["test_top1"],
                       best_epoch=best["epoch"], best_top1_error=100 - best["test_top1"],
                       per_class_accuracy=final["per_class_accuracy"], shot_accuracy=final["shot_accuracy"],
                       best_per_class_accuracy=best["per_class_accuracy"], best_shot_accuracy=best["shot_accuracy"],
                       confusion_matrix=final["confusion_matrix"], covariance_spectrum=final["covariance_spectrum"],
+                      evaluated_epochs=[h["epoch"] for h in pos["history"] if "test_top1" in h],
                       wall_time_s=time.time() - started, history=pos["history"])
         path = self.out_dir / "result.json"
         tmp = path.with_suffix(".json.tmp")

@@ -168,7 +168,7 @@ def check_complete_run(run, iterations=ITERATIONS):
                 "per_class_accuracy", "shot_accuracy", "wall_time_s", "history"):
         assert key in result, key
     assert result["config"] == state["config"] and result["config"]["epochs"] == EPOCHS
-    assert re.fullmatch(r"[0-9a-f]{40}", result["commit"])
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", result["commit"]) and result["commits"] == [result["commit"]]
     assert result["seed"] == 42
     history = result["history"]
     assert [h["epoch"] for h in history] == list(range(EPOCHS))
