@@ -222,29 +222,27 @@ def check_resume(args, checkpoint):
                               f"pass the checkpoint's values or start a new run")
 
 
-def check_init_from(run, checkpoint):
-    """Refuse a first-phase checkpoint that another first phase wrote than the one ``run`` would train."""
-    args, path = run.args, run.args.init_from
+def check_init_from(args, base, checkpoint):
+    """Refuse a checkpoint that is not the end of the first phase this run would train (``base``: its loss)."""
+    path = args.init_from
     config = checkpoint.get("config")
     if not isinstance(config, dict) or "iteration" not in checkpoint or "base_loss" not in checkpoint:
         raise CheckpointError(f"--init_from {path} is not a first-phase checkpoint of this repository "
                               f"(no config, position or base loss); use a <save_name>_phase1.pth.tar")
-    if (checkpoint["epoch"], checkpoint["iteration"]) != (args.meta_start, 0):
-        raise CheckpointError(f"--init_from {path} holds the state after epoch {checkpoint['epoch']} (iteration "
-                              f"{checkpoint['iteration']}), not the end of the first phase (--meta_start "
-                              f"{args.meta_start}); use the run's <save_name>_phase1.pth.tar")
     clashes = [f"--{k} {getattr(args, k)} vs {config[k]}" for k in PHASE1_MUST_MATCH
                if k in config and config[k] != getattr(args, k)]
-    if checkpoint.get("train_index_sha256") not in (None, run.train_index_sha256):
-        clashes.append("another long-tail training subset (train_index_sha256)")
     theirs = first_phase_loss(config["method"], checkpoint["base_loss"], config.get("beta"), config.get("max_m"),
                               config.get("gamma"))
-    ours = first_phase_loss(args.method, run.base, args.beta, args.max_m, args.gamma)
+    ours = first_phase_loss(args.method, base, args.beta, args.max_m, args.gamma)
     if theirs != ours:
         clashes.append(f"first-phase loss {ours} vs {theirs}")
     if clashes:
         raise CheckpointError(f"--init_from {path} is another first phase ({'; '.join(clashes)}); pass its "
                               f"values or train this run from scratch")
+    if (checkpoint["epoch"], checkpoint["iteration"]) != (args.meta_start, 0):
+        raise CheckpointError(f"--init_from {path} holds the state after {checkpoint['epoch']} epochs and "
+                              f"{checkpoint['iteration']} iterations, not the end of the first phase "
+                              f"({args.meta_start} epochs); use the run's <save_name>_phase1.pth.tar")
 
 
 class Run:
@@ -259,13 +257,16 @@ class Run:
             self.resume_state = load_checkpoint(args.resume)
             check_resume(args, self.resume_state)
         branch_state = load_checkpoint(args.init_from) if args.init_from and not args.resume else None
+        if branch_state is not None:
+            check_init_from(args, self.base, branch_state)
         args.data_root = args.data_root or str(Path("data") / args.dataset)
         self.data = build_dataset(args.data_root, args.dataset, args.num_meta, args.imb_factor,
                                   args.imb_profile, args.num_classes, args.download,
                                   args.workers).to(self.device)
         self.train_index_sha256 = index_fingerprint(self.data.train_indices)
-        if branch_state is not None:
-            check_init_from(self, branch_state)
+        if branch_state is not None and branch_state.get("train_index_sha256") not in (None, self.train_index_sha256):
+            raise CheckpointError(f"--init_from {args.init_from} trained on another long-tail subset of "
+                                  f"{args.data_root} (train_index_sha256 differs); train this run from scratch")
         self.rarest = min(range(len(self.data.cls_num_list)), key=self.data.cls_num_list.__getitem__)
         self.out_dir = Path(args.out_dir or Path("runs") / args.save_name)
         self.last_path = Path(args.checkpoint_dir) / f"{args.save_name}_ckpt.pth.tar"

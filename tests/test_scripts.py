@@ -374,6 +374,9 @@ def bad_inputs(tmp_path, tree4, ce_run):
     (inputs / "notes.txt").write_text("epoch 3 best 0.5\nthis is not a checkpoint\n")
     (inputs / "good.pth.tar").write_bytes(good)
     torch.save(released_checkpoint(load(ce_run.ckpt)), inputs / "released.pth.tar")
+    phase1 = ce_run.base / "ckpt" / "tiny_phase1.pth.tar"
+    (inputs / "phase1.pth.tar").write_bytes(phase1.read_bytes())
+    torch.save({**load(phase1), "train_index_sha256": "0" * 64}, inputs / "phase1_other_subset.pth.tar")
     return inputs
 
 
@@ -392,6 +395,17 @@ TRAIN_BAD_INPUTS = {
     "resume-released-layout": (["--resume", "{inputs}/released.pth.tar"], r"not a training checkpoint"),
     "resume-other-flags": (["--resume", "{inputs}/good.pth.tar", "--lam", "0.5"],
                            r"was written with other flags \(--lam 0\.5 vs 0\.25\)"),
+    "init-from-other-seed": (["--init_from", "{inputs}/phase1.pth.tar", "--seed", "3"],
+                             r"is another first phase \(--seed 3 vs 42\); pass its values"),
+    "init-from-other-first-phase-loss": (["--init_from", "{inputs}/phase1.pth.tar", "--method", "plain", "--loss",
+                                          "focal"], r"another first phase \(first-phase loss focal loss \(gamma "
+                                                    r"1\.0\) vs cross-entropy\)"),
+    "init-from-other-subset": (["--init_from", "{inputs}/phase1_other_subset.pth.tar"],
+                               r"trained on another long-tail subset"),
+    "init-from-mid-run": (["--init_from", "{inputs}/good.pth.tar"],
+                          r"holds the state after 3 epochs and 0 iterations, not the end of the first phase "
+                          r"\(1 epochs\)"),
+    "init-from-released-layout": (["--init_from", "{inputs}/released.pth.tar"], r"is not a first-phase checkpoint"),
 }
 
 
@@ -560,3 +574,52 @@ def test_non_finite_loss_stops_with_epoch_and_iteration(tree4, tmp_path):
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
     load_model_state(ResNet32(NUM_CLASSES), state["state_dict"])
     assert not (run.out / "result.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Branches from a shared first phase end bit-identical to training from scratch
+# ---------------------------------------------------------------------------------------------
+
+def run_together(runs, cwd):
+    """Start every (script, args) at once (one thread each), wait for all; their CompletedProcess-likes."""
+    procs = [subprocess.Popen(command(script, args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=ENV) for script, args in runs]
+    done = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        done.append(SimpleNamespace(returncode=proc.returncode, stdout=stdout, stderr=stderr))
+    return done
+
+
+def test_branches_from_one_first_phase_equal_runs_from_scratch(tree4, tmp_path):
+    # 2 first-phase epochs (the first not evaluated), then 2 second-phase epochs with a learning-rate step.
+    schedule = ["--epochs", 4, "--meta_start", 2, "--lr_milestones", 3, "--eval_every", 2]
+
+    def flags(method, name):
+        return train_flags(tree4, tmp_path, name=name) + schedule + ["--method", method, "--out_dir",
+                                                                      tmp_path / "out" / name]
+
+    methods = ("metasaug", "isda", "plain")
+    for proc in run_together([(CE, flags(m, f"scratch_{m}")) for m in methods], tmp_path):
+        assert_ok(proc)
+    phase1 = tmp_path / "ckpt" / "scratch_metasaug_phase1.pth.tar"
+    assert load(phase1)["epoch"] == 2
+    for proc in run_together([(CE, flags(m, f"branch_{m}") + ["--init_from", phase1]) for m in methods], tmp_path):
+        assert_ok(proc)
+        assert "Epoch 1/4" not in proc.stdout and "Epoch 3/4" in proc.stdout  # it did start at epoch 3
+
+    for method in methods:
+        a, b = (load(tmp_path / "ckpt" / f"{kind}_{method}_ckpt.pth.tar") for kind in ("scratch", "branch"))
+        for key in ("state_dict", "optimizer", "criterion", "epoch_sums"):
+            assert_tensors_equal(a[key], b[key], f"{method} {key}")
+        assert (a["epoch"], a["best_acc1"], a["best_epoch"]) == (b["epoch"], b["best_acc1"], b["best_epoch"])
+        result_a, result_b = (json.loads((tmp_path / "out" / f"{kind}_{method}" / "result.json").read_text())
+                              for kind in ("scratch", "branch"))
+        for key in ("final_top1_error", "best_top1_error", "best_epoch", "per_class_accuracy", "history",
+                    "evaluated_epochs", "train_index_sha256"):
+            assert result_a[key] == result_b[key], (method, key)
+        assert result_a["evaluated_epochs"] == [1, 2, 3]  # epoch 0 skipped by --eval_every 2
+        assert result_b["config"]["init_from"] == str(phase1)
+    isda = load(tmp_path / "ckpt" / "branch_isda_ckpt.pth.tar")
+    assert isda["criterion"]["estimator.covariance"].abs().sum() > 0  # the second phase did differ by method
+    assert not (tmp_path / "ckpt" / "branch_isda_phase1.pth.tar").exists()  # a branch has no first phase
