@@ -8,5 +8,7 @@ import sys
 
 from trainer import main
 
+LOSSES = ("ce", "focal")  # --loss choices, the first is the default
+
 if __name__ == "__main__":
-    sys.exit(main("MetaSAug_CE_train.py", __doc__.splitlines()[0], losses=("ce", "focal")))
+    sys.exit(main("MetaSAug_CE_train.py", __doc__.splitlines()[0], losses=LOSSES))

@@ -8,5 +8,7 @@ import sys
 
 from trainer import main
 
+LOSSES = ("ldam",)  # --loss choices, the first is the default
+
 if __name__ == "__main__":
-    sys.exit(main("MetaSAug_LDAM_train.py", __doc__.splitlines()[0], losses=("ldam",)))
+    sys.exit(main("MetaSAug_LDAM_train.py", __doc__.splitlines()[0], losses=LOSSES))

@@ -143,6 +143,9 @@ def build_parser(prog, description, losses):
                             "to training from scratch. Ignored with --resume, whose checkpoint holds the branch")
     added.add_argument("--max_train_batches", type=int, default=None, help="cap on iterations per epoch")
     added.add_argument("--max_test_batches", type=int, default=None, help="cap on evaluation batches")
+    added.add_argument("--first_phase_only", action="store_true",
+                       help="stop after writing <save_name>_phase1.pth.tar (the end of epoch --meta_start - 1), "
+                            "for other runs to branch from with --init_from")
     added.add_argument("--eval_every", type=int, default=1,
                        help="evaluate first-phase epochs every N epochs (1: every epoch, as released); the "
                             "second phase, the first phase's last epoch and the last epoch are always evaluated")
@@ -169,6 +172,9 @@ def validate_args(args):
             raise DataError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not 0 < args.imb_factor <= 1:
         raise DataError(f"--imb_factor must be in (0, 1] (0.01 means imbalance 100), got {args.imb_factor}")
+    if args.first_phase_only and not 1 <= args.meta_start <= args.epochs:
+        raise DataError(f"--first_phase_only needs a first phase: 1 <= --meta_start <= --epochs, got "
+                        f"--meta_start {args.meta_start} and --epochs {args.epochs}")
     if args.lr <= 0 or args.lam < 0 or args.meta_lr < 0:
         raise DataError("--lr must be positive and --lam, --meta_lr non-negative")
 
@@ -185,6 +191,12 @@ def resolve_device(args):
 
 def learning_rate(epoch, base_lr, milestones):
     return base_lr * 0.01 ** sum(epoch >= m for m in milestones)
+
+
+def evaluates(epoch, epochs, meta_start, eval_every):
+    """Whether 0-based ``epoch`` is evaluated: every ``eval_every``-th first-phase epoch, the first phase's
+    last epoch (the branch point), every second-phase epoch and the last epoch."""
+    return epoch >= meta_start - 1 or epoch == epochs - 1 or (epoch + 1) % eval_every == 0
 
 
 def git_commit():
@@ -406,6 +418,10 @@ class Run:
                     return self._interrupted(stop.signal, started)
             self._check_finite(losses, epoch, len(batches) - len(losses))
             self._end_epoch(epoch, lr, started, writer)
+            if args.first_phase_only and epoch == args.meta_start - 1:
+                writer.close()
+                print(f"first phase done: branch runs from it with --init_from {self.phase1_path}", flush=True)
+                return 0
         writer.close()
         return self._write_result(started)
 
@@ -419,12 +435,6 @@ class Run:
                                      f"stopped, the last good checkpoint {self.last_path} is kept "
                                      f"(try a lower --lr or --lam)")
 
-    def evaluates(self, epoch):
-        """Whether ``epoch`` (0-based) is evaluated under ``--eval_every``."""
-        args = self.args
-        return (epoch >= args.meta_start - 1 or epoch == args.epochs - 1
-                or (epoch + 1) % args.eval_every == 0)
-
     def _end_epoch(self, epoch, lr, started, writer):
         args, pos = self.args, self.position
         loss_sum, correct, seen = pos["epoch_sums"]
@@ -432,7 +442,7 @@ class Run:
         spectrum = self._covariance_spectrum()
         entry = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, covariance_spectrum=spectrum)
         is_best = False
-        if self.evaluates(epoch):
+        if evaluates(epoch, args.epochs, args.meta_start, args.eval_every):
             top1, per_class, confusion = self.evaluate()
             is_best = top1 > pos["best_acc1"]
             if is_best:

@@ -1,12 +1,13 @@
-"""Baselines and ablations (--method), the per-run figures, the report and the table runner."""
+"""Baselines and ablations (--method), the per-run figures and the report."""
 import json
 
 import pytest
 from PIL import Image
 
 import trainer
-from test_scripts import make_tree, train_flags
-from tools import report, run_table
+from conftest import make_tree
+from test_scripts import train_flags
+from tools import report
 
 METHODS = ("plain", "cb", "drw", "isda", "metasaug_no_reweight", "metasaug")
 
@@ -76,15 +77,6 @@ def test_report_lists_runs_beside_the_paper_and_marks_missing(runs, capsys):
 
 def test_report_rejects_a_missing_folder(tmp_path, capsys):
     assert report.main([str(tmp_path / "nothing")]) == 2
-
-
-def test_run_table_plans_every_row_and_estimates_time(capsys):
-    assert run_table.main(["table1", "--dry-run", "--seeds", "1", "2", "--device", "cpu", "--",
-                           "--epochs", "20", "--meta_start", "16", "--lr_milestones", "16", "18"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 9 * 5 * 2 + 1
-    assert "90 runs, about" in lines[-1] and "images/s" in lines[-1]
-    assert all("--epochs 20" in line for line in lines[:-1])
 
 
 def test_amp_runs_both_phases_with_finite_losses(tmp_path):

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, make_tree
 
 import MetaSAug_test
 import trainer
@@ -45,20 +45,6 @@ ITERATIONS = 9
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-
-def make_tree(root, num_classes, train, test, size=8, seed=0):
-    """{train,test}/classNN/*.png: a colour per class plus noise, so there is something to learn."""
-    rng = np.random.RandomState(seed)
-    palette = rng.randint(40, 216, (num_classes, 3))
-    for split, count in (("train", train), ("test", test)):
-        for c in range(num_classes):
-            folder = root / split / f"class{c:02d}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(palette[c] + rng.randint(-40, 41, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
-    return root
-
 
 def train_flags(data_root, base, name="tiny", epochs=EPOCHS, num_classes=NUM_CLASSES):
     """The small flags of a tiny run; checkpoints and logs under `base`."""

@@ -1,16 +1,24 @@
 """Run every row of one of the paper's CIFAR tables that this repository can produce.
 
-    python tools/run_table.py table1 [--seeds 1 2 3] [--imb 0.01 ...] [--device cuda] [--dry-run] [-- extra flags]
+    python tools/run_table.py table1 [--seeds 1 2 3] [--imb 0.01 ...] [--device cuda] [--dry-run] [training flags]
 
-Prints what it will run and how long that takes at the throughput measured by bench/ (see
-``tools/throughput.json``), then runs the trainings one after another. Results go to
-``<out_root>/<table>/<run name>/`` (TensorBoard, ``result.json``, figures) with checkpoints in
+Rows whose epochs before ``--meta_start`` compute the same thing (same data, seed, schedule and
+first-phase loss: e.g. CE, MetaSAug-CE, MetaSAug-focal and MetaSAug-LDAM all train plain
+cross-entropy there) share that first phase: it is trained once (``--first_phase_only``) and the
+rows branch from it with ``--init_from``, ending bit-identical to training each from scratch.
+
+Prints the plan first (runs, hours per phase, what is shared, what is already done), then runs.
+Re-running the same command continues a sweep: a run whose ``result.json`` matches its flags is
+skipped, an interrupted one resumes from its checkpoint. Ctrl-C stops after the current run has
+written its checkpoint. Results go to ``<out_root>/<table>/<run name>/`` with checkpoints in
 ``<out_root>/<table>/checkpoints``; ``python tools/report.py <out_root>/<table>`` summarises them.
 """
 import argparse
 import json
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,10 +26,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import MetaSAug_CE_train  # noqa: E402
+import MetaSAug_LDAM_train  # noqa: E402
+import trainer  # noqa: E402
+from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from data_utils import CIFAR_NUM_CLASSES, get_img_num_per_cls  # noqa: E402
 
 # table: dataset, imbalance factors, rows as (run name stem, script, flags)
 CE, LDAM = "MetaSAug_CE_train.py", "MetaSAug_LDAM_train.py"
+LOSSES = {CE: MetaSAug_CE_train.LOSSES, LDAM: MetaSAug_LDAM_train.LOSSES}
 TABLES = {
     "table1": ("cifar10", (0.005, 0.01, 0.02, 0.05, 0.1), [
         ("ce", CE, ["--method", "plain", "--loss", "ce"]),
@@ -42,10 +55,45 @@ TABLES = {
 }
 TABLES["table2"] = ("cifar100",) + TABLES["table1"][1:]
 LAM = {"cifar10": 0.25, "cifar100": 0.75}  # the released default and the released CIFAR-100 command
+META_STEPPING = ("metasaug", "metasaug_no_reweight")  # second-phase epochs at the MetaSAug throughput
+
+
+class PlanError(ValueError):
+    """A sweep that cannot start as asked; the message says why and what to do."""
+
+
+@dataclass
+class Job:
+    """One training process of the sweep."""
+    name: str
+    script: str
+    flags: list          # the training flags, without --resume
+    args: argparse.Namespace  # the flags as the training script parses them
+    kind: str            # "first phase" (--first_phase_only), "branch" (--init_from) or "scratch"
+    rows: tuple          # the row stems it serves
+    after: str = None    # the first-phase job a branch waits for
+    seconds: float = 0.0  # estimated duration
+    state: str = "new"   # "new", "interrupted" (resumed) or "finished" (skipped)
+
+    @property
+    def checkpoint(self):
+        return Path(self.args.checkpoint_dir) / f"{self.name}_ckpt.pth.tar"
+
+    @property
+    def phase1(self):
+        return Path(self.args.checkpoint_dir) / f"{self.name}_phase1.pth.tar"
+
+    @property
+    def result(self):
+        return Path(self.args.out_dir) / "result.json"
+
+    def command(self):
+        resume = ["--resume", str(self.checkpoint)] if self.state == "interrupted" else []
+        return [sys.executable, str(REPO / self.script), *self.flags, *resume]
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("table", choices=tuple(TABLES))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="the paper averages 3 runs")
     p.add_argument("--imb", type=float, nargs="+", default=None, help="imbalance factors (default: the table's)")
@@ -53,69 +101,212 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--data_root", default=None, help="default data/<dataset>")
     p.add_argument("--out_root", default="runs")
+    p.add_argument("--no-share", dest="share", action="store_false",
+                   help="train every run from scratch instead of branching from shared first phases")
     p.add_argument("--dry-run", action="store_true", help="print the plan only")
-    p.epilog = "Flags after a bare -- are passed to every training."
+    p.add_argument("--verbose", action="store_true", help="also print every command")
+    p.epilog = ("Other flags, and everything after a bare --, go to every training "
+                "(e.g. --epochs 20 --meta_start 16 --lr_milestones 16 18, or --eval_every 5).")
     argv = sys.argv[1:] if argv is None else list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
-    args = p.parse_args(argv[:split])
-    args.extra = argv[split + 1:]
+    args, unknown = p.parse_known_args(argv[:split])
+    args.extra = unknown + argv[split + 1:]
     return args
 
 
-def flag_value(flags, name, default):
-    return type(default)(flags[flags.index(name) + 1]) if name in flags else default
+def training_args(script, flags):
+    """The flags as ``script`` parses them, or a PlanError with argparse's message."""
+    parser = trainer.build_parser(script, "", LOSSES[script])
+
+    def refuse(status=0, message=None):
+        raise PlanError(f"{script} refuses the training flags: {(message or '').strip()}")
+
+    parser.exit = refuse
+    return parser.parse_args(flags)
 
 
-def estimated_seconds(dataset, imb, flags, throughput):
-    """Training time from images per epoch and the measured images/s of each phase (no evaluation)."""
-    classes = CIFAR_NUM_CLASSES[dataset]
-    images = sum(get_img_num_per_cls(dataset, imb, flag_value(flags, "--num_meta", 10) * classes))
-    batch = flag_value(flags, "--batch-size", 100)
-    cap = flag_value(flags, "--max_train_batches", 0)
-    if cap:
-        images = min(images, cap * batch)
-    epochs, meta_start = flag_value(flags, "--epochs", 200), flag_value(flags, "--meta_start", 160)
-    augmented = flags[flags.index("--method") + 1] in ("metasaug", "metasaug_no_reweight", "isda")
-    meta_epochs = max(0, epochs - meta_start) if augmented else 0
-    return images * ((epochs - meta_epochs) / throughput["plain"] + meta_epochs / throughput["metasaug"])
+def first_phase_key(script, args):
+    """Runs with equal keys compute the same first phase (see trainer.check_init_from)."""
+    if not 1 <= args.meta_start < args.epochs:
+        return None
+    base = getattr(args, "loss", LOSSES[script][0])
+    return (trainer.first_phase_loss(args.method, base, args.beta, args.max_m, args.gamma),
+            *(repr(getattr(args, k)) for k in trainer.PHASE1_MUST_MATCH))
+
+
+def seconds_for(args, first_epoch, end_epoch, throughput):
+    """Training and evaluation time of epochs [first_epoch, end_epoch) at the measured images/s."""
+    dataset, classes = args.dataset, CIFAR_NUM_CLASSES[args.dataset]
+    images = sum(get_img_num_per_cls(dataset, args.imb_factor, args.num_meta * classes))
+    if args.max_train_batches:
+        images = min(images, args.max_train_batches * args.batch_size)
+    test_images = 10000 if not args.max_test_batches else min(10000, args.max_test_batches * args.test_batch_size)
+    total = 0.0
+    for epoch in range(first_epoch, end_epoch):
+        meta = args.method in META_STEPPING and epoch >= args.meta_start
+        total += images / throughput["metasaug" if meta else "plain"]
+        if trainer.evaluates(epoch, args.epochs, args.meta_start, args.eval_every):
+            total += test_images / throughput["evaluation"]
+    return total
+
+
+def plan(args, throughput):
+    """The sweep's jobs in the order a single device runs them: each first phase right before its branches."""
+    dataset, default_imbs, rows = TABLES[args.table]
+    rows = [r for r in rows if args.rows is None or r[0] in args.rows]
+    folder = Path(args.out_root) / args.table
+    jobs = []
+    for imb in args.imb or default_imbs:
+        for seed in args.seeds:
+            setting = f"imb{imb}_seed{seed}"
+            runs = []
+            for stem, script, flags in rows:
+                name = f"{args.table}_{dataset}_{stem}_{setting}"
+                run_flags = flags + ["--dataset", dataset, "--num_classes", str(CIFAR_NUM_CLASSES[dataset]),
+                                     "--imb_factor", str(imb), "--seed", str(seed), "--lam", str(LAM[dataset]),
+                                     "--device", args.device, "--data_root", args.data_root or f"data/{dataset}",
+                                     "--save_name", name, "--out_dir", str(folder / name),
+                                     "--checkpoint_dir", str(folder / "checkpoints"), *args.extra]
+                runs.append(Job(name, script, run_flags, training_args(script, run_flags), "scratch", (stem,)))
+            groups = {}
+            for run in runs:
+                key = first_phase_key(run.script, run.args) if args.share else None
+                groups.setdefault(key if key is not None else run.name, []).append(run)
+            for members in groups.values():
+                if len(members) > 1:
+                    jobs.append(first_phase_job(members, folder, setting))
+                    for run in members:
+                        run.kind, run.after = "branch", jobs[-1].name
+                        run.flags = run.flags + ["--init_from", str(jobs[-1].phase1)]
+                        run.args = training_args(run.script, run.flags)
+                jobs += members
+    for job in jobs:
+        start = job.args.meta_start if job.kind == "branch" else 0
+        end = job.args.meta_start if job.kind == "first phase" else job.args.epochs
+        job.seconds = seconds_for(job.args, start, end, throughput) if throughput else 0.0
+    return jobs
+
+
+def first_phase_job(members, folder, setting):
+    """The job that trains the shared first phase: the first member's flags, stopping at --meta_start."""
+    lead = members[0]
+    name = f"{lead.name[:-len(setting)]}first_phase_{setting}"
+    renamed = {lead.name: name, str(folder / lead.name): str(folder / name)}
+    flags = [renamed.get(f, f) for f in lead.flags] + ["--first_phase_only"]
+    return Job(name, lead.script, flags, training_args(lead.script, flags), "first phase",
+               tuple(stem for run in members for stem in run.rows))
+
+
+def mark_progress(jobs):
+    """Set each job's state from what its files say; a PlanError where they belong to other flags."""
+    for job in jobs:
+        if job.kind == "first phase" and job.phase1.is_file():
+            job.state = "finished"
+        elif job.kind != "first phase" and job.result.is_file():
+            config = json.loads(job.result.read_text()).get("config", {})
+            clashes = [k for k in trainer.RESUME_MUST_MATCH if k in config and config[k] != getattr(job.args, k)]
+            if clashes:
+                raise PlanError(f"{job.result} was written with other flags ({', '.join(clashes)}); move it away "
+                                f"or choose another --out_root")
+            job.state = "finished"
+        elif job.checkpoint.is_file():
+            try:
+                trainer.check_resume(argparse.Namespace(**{**vars(job.args), "resume": job.checkpoint}),
+                                     load_checkpoint(job.checkpoint))
+            except CheckpointError as error:
+                raise PlanError(str(error)) from None
+            job.state = "interrupted"
+
+
+def duration(seconds):
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def summary(args, jobs, throughput, device):
+    """The plan in a few lines: what runs, what is shared, how long, what is already done."""
+    first = [j for j in jobs if j.kind == "first phase"]
+    branches = [j for j in jobs if j.kind == "branch"]
+    scratch = [j for j in jobs if j.kind == "scratch"]
+    runs = len(branches) + len(scratch)
+    dataset = TABLES[args.table][0]
+    lines = [f"{args.table} ({dataset}): {runs} runs, imbalance {' '.join(map(str, args.imb or TABLES[args.table][1]))},"
+             f" seeds {' '.join(map(str, args.seeds))}; results in {Path(args.out_root) / args.table}"]
+    if throughput:
+        total = sum(j.seconds for j in jobs if j.state != "finished")
+        alone = sum(seconds_for(j.args, 0, j.args.epochs, throughput) for j in branches + scratch)
+        lines.append(f"  shared first phases: {len(first)} ({duration(sum(j.seconds for j in first))}), each "
+                     f"trained once for the rows branching from it: "
+                     + ("; ".join(sorted({'+'.join(j.rows) for j in first})) or "none"))
+        lines.append(f"  second phases branched from them: {len(branches)} ({duration(sum(j.seconds for j in branches))})")
+        lines.append(f"  runs from scratch: {len(scratch)} ({duration(sum(j.seconds for j in scratch))})")
+        saved = alone - sum(j.seconds for j in jobs)
+        lines.append(f"  about {duration(total)} of {device} time left to train, one run after another; without "
+                     f"shared first phases {duration(alone)} in all (sharing saves {duration(saved)}); at "
+                     f"{throughput['plain']:.0f} plain, {throughput['metasaug']:.0f} MetaSAug and "
+                     f"{throughput['evaluation']:.0f} evaluation images/s measured on {throughput['machine']}")
+    else:
+        lines.append(f"  {len(first)} shared first phases, {len(branches)} branches, {len(scratch)} runs from "
+                     f"scratch; no throughput measured for device '{device}' yet, so no time estimate")
+    every = jobs[0].args.eval_every if jobs else 1
+    lines.append("  evaluation: every epoch (released)" if every == 1 else
+                 f"  evaluation: every {every} first-phase epochs (--eval_every {every}), every second-phase "
+                 f"epoch and the last; 'best epoch' is over those")
+    count = {state: sum(j.state == state for j in jobs) for state in ("finished", "interrupted", "new")}
+    lines.append(f"  progress: {count['finished']} finished (skipped), {count['interrupted']} interrupted "
+                 f"(resumed from their checkpoints), {count['new']} to start")
+    return lines
+
+
+class Interrupt:
+    """SIGINT/SIGTERM: stop starting runs; the running training gets the signal and writes its checkpoint."""
+
+    def __init__(self):
+        self.signal, self.child = None, None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)  # Ctrl-C reached it too; a second request is harmless
+
+
+def execute(jobs, interrupt):
+    for job in jobs:
+        if job.state == "finished":
+            continue
+        print(f"== {job.name} ({job.kind}{', resumed' if job.state == 'interrupted' else ''})", flush=True)
+        interrupt.child = subprocess.Popen(job.command())
+        code = interrupt.child.wait()
+        if interrupt.signal is not None:
+            print(f"stopped by signal {interrupt.signal}; {job.name} wrote its checkpoint. Re-run the same "
+                  f"command to continue the sweep.", file=sys.stderr, flush=True)
+            return 128 + interrupt.signal
+        if code != 0:
+            print(f"{job.name} failed with exit code {code}: {' '.join(job.command()[1:])}", file=sys.stderr)
+            return code
+        job.state = "finished"
+    return 0
 
 
 def main(argv=None):
     args = parse_args(argv)
-    dataset, default_imbs, rows = TABLES[args.table]
-    extra = args.extra
-    rows = [r for r in rows if args.rows is None or r[0] in args.rows]
-    folder = Path(args.out_root) / args.table
     measured = json.loads((REPO / "tools" / "throughput.json").read_text())
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     throughput = measured.get(device)
-    commands, total = [], 0.0
-    for stem, script, flags in rows:
-        for imb in args.imb or default_imbs:
-            for seed in args.seeds:
-                name = f"{args.table}_{dataset}_{stem}_imb{imb}_seed{seed}"
-                run_flags = (flags + ["--dataset", dataset, "--num_classes", str(CIFAR_NUM_CLASSES[dataset]),
-                                      "--imb_factor", str(imb), "--seed", str(seed), "--lam", str(LAM[dataset]),
-                                      "--device", args.device, "--data_root", args.data_root or f"data/{dataset}",
-                                      "--save_name", name, "--out_dir", str(folder / name),
-                                      "--checkpoint_dir", str(folder / "checkpoints")] + extra)
-                commands.append([sys.executable, str(REPO / script)] + run_flags)
-                if throughput:
-                    total += estimated_seconds(dataset, imb, run_flags, throughput)
-    for command in commands:
-        print(" ".join(command[1:]))
-    estimate = (f"about {total / 3600:.1f} h of training at {throughput['plain']:.0f} (plain) and "
-                f"{throughput['metasaug']:.0f} (MetaSAug) images/s measured on {throughput['machine']}"
-                if throughput else f"no throughput measured for device '{device}' yet")
-    print(f"{len(commands)} runs, {estimate}, one after another; results in {folder}", flush=True)
+    try:
+        jobs = plan(args, throughput)
+        mark_progress(jobs)
+    except PlanError as error:
+        print(f"run_table.py: error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(summary(args, jobs, throughput, device)), flush=True)
+    if args.verbose:
+        for job in jobs:
+            print(f"[{job.kind}, {job.state}] " + " ".join(job.command()[1:]))
     if args.dry_run:
         return 0
-    for command in commands:
-        code = subprocess.call(command)
-        if code != 0:
-            print(f"run failed with exit code {code}: {' '.join(command[1:])}", file=sys.stderr)
-            return code
-    return 0
+    return execute(jobs, Interrupt())
 
 
 if __name__ == "__main__":
