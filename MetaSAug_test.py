@@ -5,13 +5,11 @@
 """
 import sys
 
-import torch
-
 from checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state_from
+from cli import OneLineParser, UsageError, require_imb_factor, resolve_device
 from data_utils import CIFAR_NUM_CLASSES, DataError, get_img_num_per_cls, load_split, normalize
 from metrics import per_class_accuracy, predict, shot_accuracy, top1_accuracy
 from resnet import ResNet32
-from trainer import OneLineParser, resolve_device
 
 PROG = "MetaSAug_test.py"
 
@@ -32,11 +30,9 @@ def build_parser():
 
 
 def evaluate(args):
-    args.no_cuda = False
-    if not 0 < args.imb_factor <= 1:
-        raise DataError(f"--imb_factor must be in (0, 1] (0.01 means imbalance 100), got {args.imb_factor}")
+    require_imb_factor(args.imb_factor)
     args.data_root = args.data_root or f"data/{args.dataset}"
-    device = resolve_device(args)
+    device = resolve_device(args.device, args.gpu)
     checkpoint = load_checkpoint(args.checkpoint_path)
     num_classes = CIFAR_NUM_CLASSES[args.dataset]
     model = ResNet32(num_classes)
@@ -67,7 +63,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return evaluate(args)
-    except (DataError, CheckpointError) as error:
+    except (UsageError, DataError, CheckpointError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 

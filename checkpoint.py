@@ -4,9 +4,11 @@ The released CIFAR checkpoints are ``{'epoch', 'state_dict', 'best_acc1', 'optim
 BatchNorm ``num_batches_tracked`` entries; DataParallel/DDP checkpoints prefix keys with
 ``module.``. ``load_model_state`` accepts all of these without the caller knowing.
 """
+import json
 import os
 import pickle
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -16,31 +18,73 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be written or used; the message says what to do."""
 
 
-def save_checkpoint(state, path):
-    """Write ``state`` to ``path`` atomically: temporary file, flush, fsync, rename.
+@dataclass
+class RunState:
+    """Where a training run stands; saved in each of its checkpoints beside the weights, so that
+    ``--resume`` continues exactly (mid-epoch included) and ``--init_from`` can branch from it."""
+    epoch: int = 0                # epochs finished: the next epoch to train, 0-based
+    iteration: int = 0            # iterations (steps) finished in that epoch
+    history: list = field(default_factory=list)                    # one dict per finished epoch
+    epoch_sums: list = field(default_factory=lambda: [0.0, 0, 0])  # loss x images, correct, images so far
+    epoch_time: float = 0.0       # seconds spent in training steps of the running epoch
+    elapsed: float = 0.0          # seconds since the run started, over all sessions
+    best_acc1: float = 0.0        # best test top-1 so far, and its 0-based epoch
+    best_epoch: int | None = None
+    commits: list = field(default_factory=list)  # every commit of the code that trained part of the run
 
-    A failed write leaves the previous file at ``path`` untouched.
-    """
+    def add_batch(self, loss, correct, seen):
+        """Count one batch; ``loss`` and ``correct`` may be tensors (summed without a device sync)."""
+        loss_sum, correct_sum, seen_sum = self.epoch_sums
+        self.epoch_sums = [loss_sum + loss * seen, correct_sum + correct, seen_sum + seen]
+        self.iteration += 1
+
+    def end_epoch(self, entry, elapsed):
+        self.history.append(entry)
+        self.epoch, self.iteration, self.epoch_sums, self.epoch_time, self.elapsed = \
+            self.epoch + 1, 0, [0.0, 0, 0], 0.0, elapsed
+
+    def to_checkpoint(self):
+        return {**asdict(self), "epoch_sums": [float(s) for s in self.epoch_sums]}
+
+    @classmethod
+    def from_checkpoint(cls, state):
+        """The state a checkpoint records; fields it predates keep their defaults."""
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+
+def atomic_write(path, write, what="file"):
+    """Write a file atomically: ``write(handle)`` into a temporary file beside ``path``, flush, fsync,
+    rename, fsync the folder. A failed write leaves the previous file at ``path`` untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(error, OSError):
-            raise CheckpointError(f"could not write checkpoint {path} ({error}); "
-                                  f"the previous checkpoint there, if any, is intact") from error
+            raise CheckpointError(f"could not write {what} {path} ({error}); the previous {what} there, "
+                                  f"if any, is intact") from error
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_checkpoint(state, path):
+    """``torch.save(state)`` to ``path`` atomically."""
+    atomic_write(path, lambda handle: torch.save(state, handle), "checkpoint")
+
+
+def save_json(content, path):
+    """``content`` as indented JSON at ``path``, atomically (result.json and other run records)."""
+    atomic_write(path, lambda handle: handle.write(json.dumps(content, indent=1).encode()), "record")
 
 
 def load_checkpoint(path, map_location="cpu"):
@@ -77,10 +121,15 @@ def model_state_from(checkpoint):
                           "with a 'state_dict' entry)")
 
 
+def strip_module_prefix(state_dict):
+    """Keys without DataParallel/DDP's ``module.`` prefix."""
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+
+
 def load_model_state(model, state_dict):
     """Load a state_dict into ``model`` strictly, tolerating ``module.`` prefixes and missing
     ``num_batches_tracked`` buffers; any other mismatch is a ``CheckpointError`` naming it."""
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    state = strip_module_prefix(state_dict)
     own = model.state_dict()
     for name, value in own.items():
         if name.endswith("num_batches_tracked") and name not in state:

@@ -190,7 +190,7 @@ class LongTailData:
     test_labels: torch.Tensor
     cls_num_list: list[int]
     class_names: list[str]
-    train_indices: torch.Tensor | None = None  # into the full training split: which images the long tail kept
+    train_indices: torch.Tensor  # into the full training split: which images the long tail kept
 
     def to(self, device):
         """A copy with every tensor on `device` (dtypes unchanged, so images stay uint8)."""
@@ -205,19 +205,27 @@ def index_fingerprint(indices):
     return hashlib.sha256(ordered.tobytes()).hexdigest()
 
 
-def meta_split_indices(labels, num_classes, num_meta, seed):
-    """(meta, pool) indices into `labels`, each in dataset order: `num_meta` random images per class.
-
-    Same draws as the released build_dataset: np.random.seed(seed), then per class in order one
-    np.random.shuffle of that class's index list, the first num_meta going to the meta set.
+def per_class_draw(labels, num_classes, per_class, seed):
+    """The released meta-set draw: with one np.random.RandomState(seed), for each class in order, its
+    index list (ascending) shuffled, the first ``per_class`` kept (all of a smaller class). Returns
+    each class's chosen indices in drawn order. Used by the CIFAR and the ImageNet/iNaturalist scripts.
     """
-    labels = labels.cpu().numpy()
+    labels = np.asarray(labels)
     rng = np.random.RandomState(seed)
-    is_meta = np.zeros(len(labels), dtype=bool)
+    chosen = []
     for c in range(num_classes):
         members = np.flatnonzero(labels == c).tolist()
         rng.shuffle(members)
-        is_meta[members[:num_meta]] = True
+        chosen.append(members[:per_class])
+    return chosen
+
+
+def meta_split_indices(labels, num_classes, num_meta, seed):
+    """(meta, pool) indices into `labels`, each in dataset order: `num_meta` random images per class
+    (``per_class_draw``, as the released CIFAR build_dataset draws them)."""
+    is_meta = np.zeros(len(labels), dtype=bool)
+    for members in per_class_draw(labels.cpu().numpy(), num_classes, num_meta, seed):
+        is_meta[members] = True
     return _as_index(np.flatnonzero(is_meta)), _as_index(np.flatnonzero(~is_meta))
 
 
@@ -348,16 +356,28 @@ def _standardize(images, mean, std):
 # Reproducible batch order
 # ---------------------------------------------------------------------------------------------
 
-def batch_generator(seed, *keys, device='cpu'):
-    """A torch.Generator seeded from (seed, *keys) by a stable hash, e.g. (seed, epoch, step, 'aug').
+def stream_seed(*keys, digest='sha256'):
+    """A 63-bit seed from any tuple of ints and strings, e.g. (seed, 'augment', epoch, step), by a stable hash.
 
-    Deriving every stream from its coordinates (not from the state left by earlier draws) lets a
-    resumed run reproduce any epoch's order or batch's augmentation exactly. sha256 of the repr is
-    stable across processes, unlike Python's salted hash().
+    Deriving every random stream from its coordinates (not from the state left by earlier draws) lets
+    a resumed run reproduce any epoch's order or batch's augmentation exactly. A hash of the repr is
+    stable across processes, unlike Python's salted hash(). The CIFAR scripts use sha256, the
+    ImageNet/iNaturalist scripts blake2b (each kept so that their runs and checkpoints stay reproducible).
     """
-    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
+    data = repr(keys).encode()
+    if digest == 'sha256':
+        raw = hashlib.sha256(data).digest()[:8]
+    elif digest == 'blake2b':
+        raw = hashlib.blake2b(data, digest_size=8).digest()
+    else:
+        raise ValueError(f"digest must be 'sha256' or 'blake2b', got {digest!r}")
+    return struct.unpack('<Q', raw)[0] >> 1
+
+
+def batch_generator(seed, *keys, device='cpu'):
+    """A torch.Generator on ``device`` seeded with ``stream_seed(seed, *keys)``."""
     generator = torch.Generator(device=device)
-    generator.manual_seed(struct.unpack('<Q', digest[:8])[0] >> 1)
+    generator.manual_seed(stream_seed(seed, *keys))
     return generator
 
 

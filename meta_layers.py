@@ -38,6 +38,12 @@ LOOKAHEADS = ("all", "classifier")
 META_GRADIENTS = ("jvp", "double_backward")
 
 
+def augmentation_ratio(lam, epoch, epochs):
+    """The released ISDA strength of 0-based ``epoch``: ``lam * epoch / epochs``, growing linearly
+    (the paper writes a fixed lambda)."""
+    return lam * epoch / epochs
+
+
 @contextmanager
 def frozen_batchnorm_statistics(model):
     """Forward passes inside use batch statistics (in train mode) without updating running ones."""

@@ -7,10 +7,6 @@ order and every batch's augmentation are derived from ``(seed, epoch, iteration)
 run, mid-epoch included, repeats the uninterrupted one exactly.
 """
 import argparse
-import json
-import math
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,31 +15,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from checkpoint import CheckpointError, RunState, load_checkpoint, load_model_state, save_checkpoint, save_json
+from cli import (OneLineParser, StopRequest, UsageError, check_resume, flag_clashes, git_commit, report_interrupt,
+                 require, require_imb_factor, require_rates, resolve_device, str2bool, training_config)
 from data_utils import (DataError, augment, batch_generator, build_dataset, epoch_batches, index_fingerprint,
                         normalize, sample_meta_batch)
 from figures import confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
 from loss import MetaSAugLoss, classification_loss
-from meta_layers import LOOKAHEADS, META_GRADIENTS, MetaSAug
+from meta_layers import LOOKAHEADS, META_GRADIENTS, MetaSAug, augmentation_ratio
+from methods import AUGMENTED, METHODS, method_help
 from metrics import evaluation_subset, per_class_accuracy, predict, shot_accuracy, top1_accuracy
 from resnet import ResNet32
-
-# --method: how each epoch trains. The paper row reproduced is named in --help and the README.
-METHODS = {
-    "metasaug": "MetaSAug (Tables 1-2): plain CE until --meta_start, then MetaSAug, class-balanced",
-    "metasaug_no_reweight": "Table 5 'MetaSAug w/o re-weighting': as metasaug, no class weights",
-    "isda": "Table 5 'MetaSAug w/o meta-learning': ISDA with the estimated covariance from --meta_start",
-    "plain": "the base loss alone, every epoch ('Cross-entropy training', 'Focal loss', 'LDAM loss')",
-    "cb": "base loss with class-balanced weights every epoch ('Class-balanced cross-entropy/focal loss')",
-    "drw": "base loss, class-balanced weights from --meta_start (deferred re-weighting: 'LDAM-DRW')",
-}
-AUGMENTED = ("metasaug", "metasaug_no_reweight", "isda")
 
 # Flags whose change would make a resumed run a different experiment.
 RESUME_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_profile", "batch_size",
                      "epochs", "lr", "momentum", "nesterov", "weight_decay", "seed", "lam", "meta_lr",
                      "meta_start", "lr_milestones", "loss", "gamma", "max_m", "beta", "lookahead",
-                     "max_train_batches", "method", "amp")
+                     "max_train_batches", "method", "amp", "eval_every", "channels_last", "max_test_batches")
 
 
 # Flags the first phase (every epoch before --meta_start) depends on; with the first phase's loss
@@ -66,26 +54,8 @@ def first_phase_loss(method, base, beta, max_m, gamma):
     return f"class-balanced (beta {beta}) {text}" if method == "cb" and beta else text
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line and exits with code 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def str2bool(text):
-    """The released ``--nesterov`` was ``type=bool`` (any text is True); accept real booleans."""
-    lowered = str(text).lower()
-    if lowered in ("1", "true", "yes", "y"):
-        return True
-    if lowered in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def build_parser(prog, description, losses):
-    p = OneLineParser(prog=prog, description=description,
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     released = p.add_argument_group("flags of the released script (same meaning and default)")
     released.add_argument("--dataset", default="cifar100", choices=("cifar10", "cifar100"))
     released.add_argument("--batch-size", dest="batch_size", type=int, default=100, help="training batch size")
@@ -114,11 +84,12 @@ def build_parser(prog, description, losses):
     released.add_argument("--idx", default="0", help="run index, recorded in result.json")
 
     added = p.add_argument_group("added by this repository")
-    added.add_argument("--method", choices=tuple(METHODS), default="metasaug",
-                       help="; ".join(f"{k}: {v}" for k, v in METHODS.items()))
+    added.add_argument("--method", choices=tuple(METHODS), default="metasaug", help=method_help())
     if len(losses) > 1:
         added.add_argument("--loss", choices=losses, default=losses[0],
                            help="base loss of the MetaSAug phase ('focal': Table 1 'MetaSAug with focal loss')")
+    else:
+        p.set_defaults(loss=losses[0])
     added.add_argument("--gamma", type=float, default=1.0, help="focal loss exponent")
     added.add_argument("--max_m", type=float, default=0.5, help="largest LDAM margin")
     added.add_argument("--beta", type=float, default=0.9999, help="class-balanced weights' beta")
@@ -162,31 +133,13 @@ def build_parser(prog, description, losses):
 
 
 def validate_args(args):
-    for name in ("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq", "eval_every"):
-        if getattr(args, name) < 1:
-            raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.workers < 0:
-        raise DataError(f"--workers must be >= 0, got {args.workers}")
-    for name in ("max_train_batches", "max_test_batches"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise DataError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if not 0 < args.imb_factor <= 1:
-        raise DataError(f"--imb_factor must be in (0, 1] (0.01 means imbalance 100), got {args.imb_factor}")
+    require(args, positive=("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq", "eval_every"),
+            non_negative=("workers",), caps=("max_train_batches", "max_test_batches"))
+    require_rates(args)
+    require_imb_factor(args.imb_factor)
     if args.first_phase_only and not 1 <= args.meta_start <= args.epochs:
-        raise DataError(f"--first_phase_only needs a first phase: 1 <= --meta_start <= --epochs, got "
-                        f"--meta_start {args.meta_start} and --epochs {args.epochs}")
-    if args.lr <= 0 or args.lam < 0 or args.meta_lr < 0:
-        raise DataError("--lr must be positive and --lam, --meta_lr non-negative")
-
-
-def resolve_device(args):
-    if args.no_cuda or args.device == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        if args.device == "cuda":
-            raise DataError("--device cuda was requested but CUDA is not available; use --device cpu")
-        return torch.device("cpu")
-    return torch.device("cuda", args.gpu)
+        raise UsageError(f"--first_phase_only needs a first phase: 1 <= --meta_start <= --epochs, got "
+                         f"--meta_start {args.meta_start} and --epochs {args.epochs}")
 
 
 def learning_rate(epoch, base_lr, milestones):
@@ -199,53 +152,14 @@ def evaluates(epoch, epochs, meta_start, eval_every):
     return epoch >= meta_start - 1 or epoch == epochs - 1 or (epoch + 1) % eval_every == 0
 
 
-def git_commit():
-    """HEAD of the code's repository, with ``+dirty`` when tracked files differ from it; None outside git."""
-    def git(*words):
-        return subprocess.run(["git", *words], cwd=Path(__file__).parent, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    try:
-        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-class StopRequest:
-    """Turns SIGTERM/SIGINT into a flag checked between iterations, so a checkpoint can be written."""
-
-    def __init__(self):
-        self.signal = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-
-def check_resume(args, checkpoint):
-    config = checkpoint.get("config")
-    if not isinstance(config, dict) or "iteration" not in checkpoint:
-        raise CheckpointError(f"--resume {args.resume} is not a training checkpoint of this repository "
-                              f"(no config or position); start without --resume")
-    clashes = [f"--{k} {getattr(args, k)} vs {config.get(k)}" for k in RESUME_MUST_MATCH
-               if k in config and config[k] != getattr(args, k)]
-    if clashes:
-        raise CheckpointError(f"--resume {args.resume} was written with other flags ({'; '.join(clashes)}); "
-                              f"pass the checkpoint's values or start a new run")
-
-
-def check_init_from(args, base, checkpoint):
-    """Refuse a checkpoint that is not the end of the first phase this run would train (``base``: its loss)."""
+def check_init_from(args, checkpoint):
+    """Refuse a checkpoint that is not the end of the first phase this run would train."""
     path = args.init_from
-    config = checkpoint.get("config")
-    if not isinstance(config, dict) or "iteration" not in checkpoint or "base_loss" not in checkpoint:
-        raise CheckpointError(f"--init_from {path} is not a first-phase checkpoint of this repository "
-                              f"(no config, position or base loss); use a <save_name>_phase1.pth.tar")
-    clashes = [f"--{k} {getattr(args, k)} vs {config[k]}" for k in PHASE1_MUST_MATCH
-               if k in config and config[k] != getattr(args, k)]
-    theirs = first_phase_loss(config["method"], checkpoint["base_loss"], config.get("beta"), config.get("max_m"),
-                              config.get("gamma"))
-    ours = first_phase_loss(args.method, base, args.beta, args.max_m, args.gamma)
+    config = training_config(checkpoint, "--init_from", path, "a first-phase checkpoint of this repository")
+    clashes = flag_clashes(args, config, PHASE1_MUST_MATCH)
+    theirs = first_phase_loss(config["method"], checkpoint.get("base_loss", config.get("loss")), config.get("beta"),
+                              config.get("max_m"), config.get("gamma"))
+    ours = first_phase_loss(args.method, args.loss, args.beta, args.max_m, args.gamma)
     if theirs != ours:
         clashes.append(f"first-phase loss {ours} vs {theirs}")
     if clashes:
@@ -258,28 +172,22 @@ def check_init_from(args, base, checkpoint):
 
 
 class Run:
-    """One training run: state, the two phases' iteration, evaluation, checkpoints and logs."""
+    """One training run: state, the two phases' iteration, evaluation, checkpoints and logs.
 
-    def __init__(self, args, losses):
+    ``data`` is a ``data_utils.LongTailData`` (moved to the run's device here); ``resume_state`` a
+    checkpoint of this run to continue, ``init_state`` another run's first-phase checkpoint to branch
+    from (both already checked against ``args``).
+    """
+
+    def __init__(self, args, data, resume_state=None, init_state=None):
         self.args = args
-        self.base = getattr(args, "loss", losses[0])
-        self.device = resolve_device(args)
-        self.resume_state = None
-        if args.resume:
-            self.resume_state = load_checkpoint(args.resume)
-            check_resume(args, self.resume_state)
-        branch_state = load_checkpoint(args.init_from) if args.init_from and not args.resume else None
-        if branch_state is not None:
-            check_init_from(args, self.base, branch_state)
-        args.data_root = args.data_root or str(Path("data") / args.dataset)
-        self.data = build_dataset(args.data_root, args.dataset, args.num_meta, args.imb_factor,
-                                  args.imb_profile, args.num_classes, args.download,
-                                  args.workers).to(self.device)
-        self.train_index_sha256 = index_fingerprint(self.data.train_indices)
-        if branch_state is not None and branch_state.get("train_index_sha256") not in (None, self.train_index_sha256):
+        self.device = resolve_device("cpu" if args.no_cuda else args.device, args.gpu)
+        self.data = data.to(self.device)
+        self.train_index_sha256 = index_fingerprint(data.train_indices)
+        if init_state is not None and init_state.get("train_index_sha256") not in (None, self.train_index_sha256):
             raise CheckpointError(f"--init_from {args.init_from} trained on another long-tail subset of "
                                   f"{args.data_root} (train_index_sha256 differs); train this run from scratch")
-        self.rarest = min(range(len(self.data.cls_num_list)), key=self.data.cls_num_list.__getitem__)
+        self.rarest = min(range(len(data.cls_num_list)), key=data.cls_num_list.__getitem__)
         self.out_dir = Path(args.out_dir or Path("runs") / args.save_name)
         self.last_path = Path(args.checkpoint_dir) / f"{args.save_name}_ckpt.pth.tar"
         self.best_path = Path(args.checkpoint_dir) / f"{args.save_name}_best.pth.tar"
@@ -293,43 +201,41 @@ class Run:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                          nesterov=args.nesterov, weight_decay=args.weight_decay)
         beta = None if args.beta == 0 or args.method in ("metasaug_no_reweight", "plain") else args.beta
-        self.criterion = MetaSAugLoss(ResNet32.feature_dim, args.num_classes, self.data.cls_num_list,
-                                      base=self.base, beta=beta, max_m=args.max_m,
-                                      gamma=args.gamma).to(self.device)
+        self.criterion = MetaSAugLoss(ResNet32.feature_dim, args.num_classes, data.cls_num_list, base=args.loss,
+                                      beta=beta, max_m=args.max_m, gamma=args.gamma).to(self.device)
         self.meta = MetaSAug(self.model, self.criterion, meta_lr=args.meta_lr, lookahead=args.lookahead,
                              meta_gradient=args.meta_gradient)
         self.forward_model = torch.compile(self.model) if args.compile else self.model
-        self.position = dict(epoch=0, iteration=0, best_acc1=0.0, best_epoch=None, history=[],
-                             epoch_sums=[0.0, 0, 0], elapsed=0.0, commits=[])
-        if self.resume_state is not None:
-            self._restore(self.resume_state)
-        if branch_state is not None:
-            self._restore(branch_state, criterion=False)
+        self.state = RunState()
+        if resume_state is not None:
+            self._restore(resume_state)
+        elif init_state is not None:
+            self._restore(init_state, criterion=False)
         commit = git_commit()
-        if commit not in self.position["commits"][-1:]:
-            self.position["commits"].append(commit)
+        if commit not in self.state.commits[-1:]:
+            self.state.commits.append(commit)
 
-    def _restore(self, state, criterion=True):
-        """Continue from ``state``; a branch (``criterion=False``) keeps its own loss, whose estimator the
+    def _restore(self, checkpoint, criterion=True):
+        """Continue from ``checkpoint``; a branch (``criterion=False``) keeps its own loss, whose estimator the
         first phase never touches and whose class weights and margins may differ from the first phase's run."""
-        load_model_state(self.model, state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_model_state(self.model, checkpoint["state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
         if criterion:
-            self.criterion.load_state_dict(state["criterion"])
-        self.position = dict(epoch=state["epoch"], iteration=state["iteration"], best_acc1=state["best_acc1"],
-                             best_epoch=state["best_epoch"], history=state["history"],
-                             epoch_sums=state["epoch_sums"], elapsed=state["elapsed"],
-                             commits=state.get("commits", []))
+            self.criterion.load_state_dict(checkpoint["criterion"])
+        self.state = RunState.from_checkpoint(checkpoint)
 
-    def _state(self):
-        """The released checkpoint keys, plus everything --resume needs."""
-        pos = self.position
-        return dict(epoch=pos["epoch"], state_dict=self.model.state_dict(),
-                    best_acc1=pos["best_acc1"], optimizer=self.optimizer.state_dict(),
-                    iteration=pos["iteration"], best_epoch=pos["best_epoch"],
-                    criterion=self.criterion.state_dict(), history=pos["history"],
-                    epoch_sums=[float(s) for s in pos["epoch_sums"]], elapsed=pos["elapsed"], commits=pos["commits"],
-                    config=vars(self.args), cls_num_list=self.data.cls_num_list, base_loss=self.base,
+    def schedule(self, epoch):
+        """(optimizer lr, lookahead step size, augmentation ratio) of 0-based ``epoch``: the optimizer's
+        rate is taken at ``epoch + 1``, the lookahead's at ``epoch`` (the released off-by-one)."""
+        args = self.args
+        return (learning_rate(epoch + 1, args.lr, args.lr_milestones),
+                learning_rate(epoch, args.lr, args.lr_milestones), augmentation_ratio(args.lam, epoch, args.epochs))
+
+    def _checkpoint(self):
+        """The released checkpoint keys, plus the run state and what --resume and --init_from check."""
+        return dict(self.state.to_checkpoint(), state_dict=self.model.state_dict(),
+                    optimizer=self.optimizer.state_dict(), criterion=self.criterion.state_dict(),
+                    config=vars(self.args), cls_num_list=self.data.cls_num_list, base_loss=self.args.loss,
                     train_index_sha256=self.train_index_sha256)
 
     def augmented_batch(self, images, labels, index, *keys):
@@ -365,7 +271,7 @@ class Run:
         elif method not in AUGMENTED:
             _, logits = self.forward_model(x)
             reweight = method == "cb" or (method == "drw" and second_phase)
-            loss = classification_loss(logits, y, self.base, self.criterion.class_weights if reweight else None,
+            loss = classification_loss(logits, y, self.args.loss, self.criterion.class_weights if reweight else None,
                                        self.criterion.margins, self.args.gamma)
         else:
             generator = batch_generator(self.args.seed, "meta", epoch, iteration, device=self.device)
@@ -387,30 +293,26 @@ class Run:
         return top1_accuracy(predictions, labels), per_class, confusion
 
     def fit(self, stop):
-        args, pos = self.args, self.position
+        args, state = self.args, self.state
         self.out_dir.mkdir(parents=True, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(self.out_dir))
-        started = time.time() - pos["elapsed"]
+        started = time.time() - state.elapsed
         print(f"training {len(self.data.train_labels)} images per epoch, class counts {self.data.cls_num_list}, "
               f"meta set {len(self.data.meta_labels)}, test {len(self.data.test_labels)}, device {self.device}",
               flush=True)
-        for epoch in range(pos["epoch"], args.epochs):
-            lr = learning_rate(epoch + 1, args.lr, args.lr_milestones)
-            lookahead_lr = learning_rate(epoch, args.lr, args.lr_milestones)
+        for epoch in range(state.epoch, args.epochs):
+            lr, lookahead_lr, ratio = self.schedule(epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            ratio = args.lam * epoch / args.epochs
             batches = epoch_batches(len(self.data.train_labels), args.batch_size, args.seed, epoch,
                                     device=self.device)[:args.max_train_batches]
             losses = []
-            for iteration in range(pos["iteration"], len(batches)):
+            for iteration in range(state.iteration, len(batches)):
                 loss, correct, seen = self.train_step(epoch, iteration, batches[iteration], lookahead_lr, ratio)
                 losses.append(loss)
-                sums = pos["epoch_sums"]
-                pos["epoch_sums"] = [sums[0] + loss * seen, sums[1] + correct, sums[2] + seen]
-                pos["iteration"] = iteration + 1
-                if pos["iteration"] % args.print_freq == 0 or stop.signal is not None:
+                state.add_batch(loss, correct, seen)
+                if state.iteration % args.print_freq == 0 or stop.signal is not None:
                     self._check_finite(losses, epoch, iteration + 1 - len(losses))
                     losses = []
                     print(f"  epoch {epoch} iter {iteration + 1}/{len(batches)} loss {loss.item():.4f}", flush=True)
@@ -436,27 +338,26 @@ class Run:
                                      f"(try a lower --lr or --lam)")
 
     def _end_epoch(self, epoch, lr, started, writer):
-        args, pos = self.args, self.position
-        loss_sum, correct, seen = pos["epoch_sums"]
+        args, state = self.args, self.state
+        loss_sum, correct, seen = state.epoch_sums
         train_loss, train_acc = float(loss_sum) / seen, 100.0 * float(correct) / seen
         spectrum = self._covariance_spectrum()
         entry = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, covariance_spectrum=spectrum)
         is_best = False
         if evaluates(epoch, args.epochs, args.meta_start, args.eval_every):
             top1, per_class, confusion = self.evaluate()
-            is_best = top1 > pos["best_acc1"]
+            is_best = top1 > state.best_acc1
             if is_best:
-                pos["best_acc1"], pos["best_epoch"] = top1, epoch
+                state.best_acc1, state.best_epoch = top1, epoch
             shots = shot_accuracy(per_class, self.data.cls_num_list)
-            for old in pos["history"]:  # the confusion matrix is kept for the last evaluated epoch only
+            for old in state.history:  # the confusion matrix is kept for the last evaluated epoch only
                 old.pop("confusion_matrix", None)
             entry.update(test_top1=top1, per_class_accuracy=per_class, shot_accuracy=shots,
                          confusion_matrix=confusion.tolist())
-        pos["history"].append(entry)
-        pos.update(epoch=epoch + 1, iteration=0, epoch_sums=[0.0, 0, 0], elapsed=time.time() - started)
-        elapsed = pos["elapsed"]
+        state.end_epoch(entry, time.time() - started)
+        elapsed = state.elapsed
         eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
-        test = (f"test top-1 {entry['test_top1']:.2f} (best {pos['best_acc1']:.2f})" if "test_top1" in entry
+        test = (f"test top-1 {entry['test_top1']:.2f} (best {state.best_acc1:.2f})" if "test_top1" in entry
                 else "not evaluated")
         print(f"Epoch {epoch + 1}/{args.epochs} | loss {train_loss:.4f} | train acc {train_acc:.2f} | "
               f"{test} | lr {lr:g} | elapsed {elapsed / 60:.1f} min | ETA {eta / 60:.1f} min", flush=True)
@@ -469,12 +370,12 @@ class Run:
             writer.add_scalar(name, value, epoch)
         self._write_spectrum(epoch, spectrum, writer)
         writer.flush()
-        state = self._state()
-        save_checkpoint(state, self.last_path)
+        checkpoint = self._checkpoint()
+        save_checkpoint(checkpoint, self.last_path)
         if is_best:
-            save_checkpoint(state, self.best_path)
+            save_checkpoint(checkpoint, self.best_path)
         if epoch == args.meta_start - 1:
-            save_checkpoint(state, self.phase1_path)
+            save_checkpoint(checkpoint, self.phase1_path)
 
     def _covariance_spectrum(self):
         """Fig. 2: top-5 normalised singular values of the rarest class's covariance (ISDA's
@@ -503,33 +404,26 @@ class Run:
                               f"epoch {epoch + 1}")
 
     def _interrupted(self, signum, started):
-        self.position["elapsed"] = time.time() - started
-        save_checkpoint(self._state(), self.last_path)
-        print(f"interrupted by signal {signum} at epoch {self.position['epoch']}, iteration "
-              f"{self.position['iteration']}; checkpoint written. Resume with the same flags plus "
-              f"--resume {self.last_path}", file=sys.stderr, flush=True)
-        return 128 + signum
+        self.state.elapsed = time.time() - started
+        save_checkpoint(self._checkpoint(), self.last_path)
+        return report_interrupt(signum, self.state, "iteration", self.last_path)
 
     def _write_result(self, started):
-        args, pos = self.args, self.position
-        final = pos["history"][-1]
-        best = next(h for h in pos["history"] if h["epoch"] == pos["best_epoch"]) if pos["best_epoch"] is not None else final
-        result = dict(config=vars(args), commit=pos["commits"][0], commits=pos["commits"], seed=args.seed,
-                      base_loss=self.base,
-                      device=str(self.device), cls_num_list=self.data.cls_num_list,
-                      train_index_sha256=self.train_index_sha256,
-                      class_names=self.data.class_names,
+        args, state = self.args, self.state
+        final = state.history[-1]
+        best = next((h for h in state.history if h["epoch"] == state.best_epoch), final)
+        result = dict(config=vars(args), commit=state.commits[0], commits=state.commits, seed=args.seed,
+                      base_loss=args.loss, device=str(self.device), cls_num_list=self.data.cls_num_list,
+                      train_index_sha256=self.train_index_sha256, class_names=self.data.class_names,
                       final_epoch=final["epoch"], final_top1_error=100 - final["test_top1"],
                       best_epoch=best["epoch"], best_top1_error=100 - best["test_top1"],
                       per_class_accuracy=final["per_class_accuracy"], shot_accuracy=final["shot_accuracy"],
                       best_per_class_accuracy=best["per_class_accuracy"], best_shot_accuracy=best["shot_accuracy"],
                       confusion_matrix=final["confusion_matrix"], covariance_spectrum=final["covariance_spectrum"],
-                      evaluated_epochs=[h["epoch"] for h in pos["history"] if "test_top1" in h],
-                      wall_time_s=time.time() - started, history=pos["history"])
+                      evaluated_epochs=[h["epoch"] for h in state.history if "test_top1" in h],
+                      wall_time_s=time.time() - started, history=state.history)
         path = self.out_dir / "result.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
+        save_json(result, path)
         print(f"final top-1 error {result['final_top1_error']:.2f} (epoch {final['epoch'] + 1}), "
               f"best {result['best_top1_error']:.2f} (epoch {best['epoch'] + 1}); wrote {path}", flush=True)
         return 0
@@ -539,8 +433,23 @@ def main(prog, description, losses, argv=None):
     args = build_parser(prog, description, losses).parse_args(argv)
     try:
         validate_args(args)
-        run = Run(args, losses)
+        resolve_device("cpu" if args.no_cuda else args.device, args.gpu)
+        resume_state = init_state = None
+        if args.resume:
+            resume_state = load_checkpoint(args.resume)
+            check_resume(args, resume_state, RESUME_MUST_MATCH, prog)
+        elif args.init_from:
+            init_state = load_checkpoint(args.init_from)
+            check_init_from(args, init_state)
+        args.data_root = args.data_root or str(Path("data") / args.dataset)
+        data = build_dataset(args.data_root, args.dataset, args.num_meta, args.imb_factor, args.imb_profile,
+                             args.num_classes, args.download, args.workers)
+        run = Run(args, data, resume_state, init_state)
+        del resume_state, init_state
         return run.fit(StopRequest())
-    except (DataError, CheckpointError, FloatingPointError) as error:
+    except (UsageError, DataError, CheckpointError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2 if not isinstance(error, FloatingPointError) else 3
+        return 2
+    except FloatingPointError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 3

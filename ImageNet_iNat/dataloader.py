@@ -11,9 +11,7 @@
 - Every random augmentation is seeded per sample from ``(seed, epoch, ...)`` keys, so the images
   of any step can be re-derived (exact resume, independent of the number of loader workers).
 """
-import hashlib
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +21,12 @@ from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler, default_collate
 from torchvision import transforms
 
-from data_utils import DataError  # the repository's one-line data error
+from data_utils import DataError, per_class_draw, stream_seed
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INAT_MEAN, INAT_STD = (0.466, 0.471, 0.380), (0.195, 0.194, 0.192)
 META_SEED = 6  # the released numpy seed of the meta-set draw
+SEED_DIGEST = "blake2b"  # of every augmentation and meta-batch stream (data_utils.stream_seed)
 
 
 @dataclass(frozen=True)
@@ -48,22 +47,6 @@ DATASETS = {
     "iNaturalist18": DatasetSpec(8142, "train", "val", "train", 2, INAT_MEAN, INAT_STD, False, False),
     "iNaturalist17": DatasetSpec(5089, "train", "val", "train", 5, INAT_MEAN, INAT_STD, False, True),
 }
-
-
-def one_line(error):
-    """The message of an error as one line; for an error re-raised from a DataLoader worker (whose
-    message holds the worker's traceback) the original message."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    if len(lines) > 1 and "Original Traceback" in str(error):
-        last = lines[-1]
-        return last.split(": ", 1)[1] if ": " in last else last
-    return " ".join(lines)
-
-
-def derive_seed(*keys):
-    """A 63-bit seed from any tuple of ints/strings (stable across processes and runs)."""
-    digest = hashlib.blake2b(repr(keys).encode(), digest_size=8).digest()
-    return struct.unpack("<Q", digest)[0] >> 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,17 +136,8 @@ def class_counts(labels, num_classes):
 
 
 def choose_meta(labels, num_classes, per_class, seed=META_SEED):
-    """Indices of the meta set: each class's index list (in file order) shuffled with one
-    RandomState(seed), classes in order, the first ``per_class`` kept (all of a smaller class)."""
-    rng = np.random.RandomState(seed)
-    by_class = [[] for _ in range(num_classes)]
-    for index, label in enumerate(labels):
-        by_class[label].append(index)
-    chosen = []
-    for members in by_class:
-        rng.shuffle(members)
-        chosen.extend(members[:per_class])
-    return chosen
+    """Indices of the meta set, class by class in drawn order (``data_utils.per_class_draw``)."""
+    return [index for members in per_class_draw(labels, num_classes, per_class, seed) for index in members]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,13 +276,13 @@ def epoch_train_keys(num_items, batch_per_rank, world_size, rank, seed, epoch):
                                  seed=seed, drop_last=False)
     sampler.set_epoch(epoch)
     indices = list(sampler)
-    keys = [("train", i, derive_seed(seed, "train", epoch, i)) for i in indices]
+    keys = [("train", i, stream_seed(seed, "train", epoch, i, digest=SEED_DIGEST)) for i in indices]
     return [keys[s:s + batch_per_rank] for s in range(0, len(keys), batch_per_rank)]
 
 
 def step_meta_indices(num_meta_items, batch_per_rank, seed, epoch, step, rank):
     """The meta batch of one step on one rank: a fresh draw without replacement from the meta set."""
-    generator = torch.Generator().manual_seed(derive_seed(seed, "meta", epoch, step, rank))
+    generator = torch.Generator().manual_seed(stream_seed(seed, "meta", epoch, step, rank, digest=SEED_DIGEST))
     return torch.randperm(num_meta_items, generator=generator)[:batch_per_rank].tolist()
 
 
@@ -316,5 +290,5 @@ def step_meta_keys(data, batch_per_rank, seed, epoch, step, rank):
     indices = step_meta_indices(len(data.meta), batch_per_rank, seed, epoch, step, rank)
     if data.meta_is_deterministic:
         return [("meta", i, None) for i in indices]
-    return [("meta", i, derive_seed(seed, "meta_augment", epoch, step, rank, position))
+    return [("meta", i, stream_seed(seed, "meta_augment", epoch, step, rank, position, digest=SEED_DIGEST))
             for position, i in enumerate(indices)]

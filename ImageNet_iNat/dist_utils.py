@@ -38,15 +38,6 @@ def launched_world():
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def resolve_device(choice, local_rank):
-    """``auto``: this rank's GPU when CUDA is available, else the CPU."""
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        return None  # the caller reports "--device cuda but no CUDA"
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
-
-
 def init_distributed(device):
     world_size, rank, local_rank = launched_world()
     ctx = DistContext(world_size, rank, local_rank, device)

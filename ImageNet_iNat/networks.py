@@ -14,25 +14,15 @@ Layouts read (``split_state``):
   (``fc.weight``/``fc.bias``);
 - a plain torchvision ResNet state_dict (``fc.*`` the classifier), bare or under ``state_dict``.
 """
-import argparse
 import contextlib
 
 import torch
 import torch.nn as nn
 import torchvision
 
-from checkpoint import CheckpointError, load_model_state
+from checkpoint import CheckpointError, load_model_state, strip_module_prefix
 
 ARCHS = ("resnet50", "resnet101", "resnet152", "resnet18")  # resnet18: tests and smoke runs only
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default unless it is None/False (those defaults are described in the help)."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or action.help is None:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def build_backbone(arch):
@@ -83,10 +73,6 @@ class FeatureClassifier(nn.Module):
 # Checkpoint layouts
 # ---------------------------------------------------------------------------------------------
 
-def _strip(state):
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-
-
 def _tensor_dict(value):
     return isinstance(value, dict) and bool(value) and all(torch.is_tensor(v) for v in value.values())
 
@@ -110,15 +96,15 @@ def split_state(checkpoint, path):
         if plain is None:
             keys = ", ".join(sorted(map(str, checkpoint))[:5])
             raise CheckpointError(f"{path} has an unknown layout (top-level keys: {keys}); {LAYOUT_HELP}")
-        plain = _strip(plain)
+        plain = strip_module_prefix(plain)
         feature = {k: v for k, v in plain.items() if not k.startswith("fc.")}
         classifier = {k: v for k, v in plain.items() if k.startswith("fc.")}
         layout = "torchvision ResNet"
-    classifier = _strip(classifier)
+    classifier = strip_module_prefix(classifier)
     if set(classifier) != {"fc.weight", "fc.bias"}:
         raise CheckpointError(f"{path} ({layout}): the classifier must be one linear layer fc.weight/fc.bias, "
                               f"got {sorted(classifier)[:4]}; {LAYOUT_HELP}")
-    return _strip(feature), {"weight": classifier["fc.weight"], "bias": classifier["fc.bias"]}, layout
+    return strip_module_prefix(feature), {"weight": classifier["fc.weight"], "bias": classifier["fc.bias"]}, layout
 
 
 def load_weights(model, checkpoint, path, num_classes):

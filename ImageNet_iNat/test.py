@@ -9,24 +9,21 @@ shot groups use the class counts of the training split file (Many > 100, Medium 
         --data_root data/ImageNet
     torchrun --nproc_per_node 4 ImageNet_iNat/test.py ...   (the evaluation split is sharded over the ranks)
 """
-import json
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-if str(HERE) not in sys.path:
-    sys.path.insert(1, str(HERE))
+sys.path.append(str(HERE.parent))  # the repository's shared modules
 
 import torch  # noqa: E402
 
-from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from dataloader import DATASETS, DataError, load_data, one_line  # noqa: E402
-from dist_utils import init_distributed, launched_world, resolve_device, shutdown  # noqa: E402
+from checkpoint import CheckpointError, load_checkpoint, save_json  # noqa: E402
+from cli import HelpFormatter, OneLineParser, UsageError, one_line, require, resolve_device  # noqa: E402
+from dataloader import DATASETS, DataError, load_data  # noqa: E402
+from dist_utils import init_distributed, launched_world, shutdown  # noqa: E402
 from evaluation import evaluate, format_shots  # noqa: E402
-from networks import ARCHS, FeatureClassifier, HelpFormatter, load_weights  # noqa: E402
-from trainer import OneLineParser  # noqa: E402
+from networks import ARCHS, FeatureClassifier, load_weights  # noqa: E402
 
 PROG = "ImageNet_iNat/test.py"
 
@@ -53,16 +50,10 @@ def build_parser():
 
 def run(args, ctx_holder):
     world_size, rank, local_rank = launched_world()
-    for name in ("test_batch_size", "image_size"):
-        if getattr(args, name) < 1:
-            raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.workers < 0:
-        raise DataError(f"--workers must not be negative, got {args.workers}")
+    require(args, positive=("test_batch_size", "image_size"), non_negative=("workers",), caps=("max_test_batches",))
     args.num_classes = args.num_classes or DATASETS[args.dataset].num_classes
     args.data_root = args.data_root or str(Path("data") / args.dataset)
-    device = resolve_device(args.device, local_rank)
-    if device is None:
-        raise DataError("--device cuda was requested but CUDA is not available; use --device cpu")
+    device = resolve_device(args.device, local_rank % max(torch.cuda.device_count(), 1))
     checkpoint = load_checkpoint(args.loading_path)
     model = FeatureClassifier(args.arch, args.num_classes, frozen=True, amp=args.amp)
     layout = load_weights(model, checkpoint, args.loading_path, args.num_classes)
@@ -87,7 +78,7 @@ def run(args, ctx_holder):
             summary = dict(checkpoint=args.loading_path, layout=layout, dataset=args.dataset,
                            top1=result["top1"], top1_error=100 - result["top1"], shot_accuracy=result["shots"],
                            per_class_accuracy=result["per_class"], evaluated_images=result["count"])
-            Path(args.out_json).write_text(json.dumps(summary, indent=1))
+            save_json(summary, args.out_json)
     return 0
 
 
@@ -96,7 +87,7 @@ def main(argv=None):
     holder = {"ctx": None}
     try:
         return run(args, holder)
-    except (DataError, CheckpointError) as error:
+    except (UsageError, DataError, CheckpointError) as error:
         print(f"{PROG}: error: {one_line(error)}", file=sys.stderr, flush=True)
         return 2
     finally:

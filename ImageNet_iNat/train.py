@@ -10,32 +10,29 @@ Single process:   python ImageNet_iNat/train.py --dataset ImageNet_LT --data_roo
 Several GPUs:     torchrun --nproc_per_node 4 ImageNet_iNat/train.py ...   (see ImageNet_iNat/README.md)
 """
 import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the repository's shared modules (loss, meta_layers, ...)
-if str(HERE) not in sys.path:
-    sys.path.insert(1, str(HERE))
+sys.path.append(str(HERE.parent))  # the repository's shared modules (cli, loss, meta_layers, ...)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from dataloader import (DATASETS, DataError, epoch_train_keys, load_data, one_line,  # noqa: E402
-                        step_meta_indices, step_meta_keys)
+from checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint, save_json  # noqa: E402
+from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, check_resume, git_commit,  # noqa: E402
+                 one_line, report_interrupt, require, require_rates, resolve_device, str2bool)
+from dataloader import DATASETS, DataError, epoch_train_keys, load_data, step_meta_indices, step_meta_keys  # noqa: E402
 from dist_utils import (GlobalBatchEstimatorCV, average_gradients, broadcast_from_rank0,  # noqa: E402
                         gather_equal, init_distributed, launched_world, max_deviation_from_rank0,
-                        resolve_device, sum_over_ranks, shutdown)
+                        sum_over_ranks, shutdown)
 from evaluation import evaluate, format_shots, make_loader  # noqa: E402
 from loss import MetaSAugLoss  # noqa: E402
-from meta_layers import MetaSAug  # noqa: E402
-from networks import ARCHS, FeatureClassifier, HelpFormatter, crt_state, load_weights, released_state  # noqa: E402
-from trainer import OneLineParser, StopRequest, git_commit, str2bool  # noqa: E402
+from meta_layers import MetaSAug, augmentation_ratio  # noqa: E402
+from networks import ARCHS, FeatureClassifier, crt_state, load_weights, released_state  # noqa: E402
 
 PROG = "ImageNet_iNat/train.py"
 
@@ -121,7 +118,7 @@ def build_parser():
 
 
 def resolve_args(args, world_size):
-    """Fill the stage- and dataset-dependent defaults and check the values; DataError on a bad one."""
+    """Fill the stage- and dataset-dependent defaults and check the values; UsageError on a bad one."""
     for name, value in STAGE_DEFAULTS[args.stage].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -133,36 +130,21 @@ def resolve_args(args, world_size):
     args.out_dir = args.out_dir or str(Path("runs") / args.save_name)
     if args.no_cuda:
         args.device = "cpu"
-    for name in ("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq", "image_size"):
-        if getattr(args, name) < 1:
-            raise DataError(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("workers", "num_meta"):
-        if getattr(args, name) < 0:
-            raise DataError(f"--{name} must not be negative, got {getattr(args, name)}")
-    for name in ("max_train_batches", "max_test_batches"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise DataError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.lr <= 0 or args.lam < 0 or args.meta_lr < 0:
-        raise DataError("--lr must be positive and --lam, --meta_lr non-negative")
+    require(args, positive=("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq", "image_size"),
+            non_negative=("workers", "num_meta"), caps=("max_train_batches", "max_test_batches"))
+    require_rates(args)
     if args.batch_size % world_size:
-        raise DataError(f"--batch_size {args.batch_size} is the global batch and must be divisible by the "
-                        f"{world_size} processes")
+        raise UsageError(f"--batch_size {args.batch_size} is the global batch and must be divisible by the "
+                         f"{world_size} processes")
     if args.stage == 2 and args.num_meta < 1:
-        raise DataError("--num_meta must be at least 1 for stage 2")
+        raise UsageError("--num_meta must be at least 1 for stage 2")
     if args.stage == 2 and not args.model_file and not args.resume:
-        raise DataError("stage 2 needs --model_file (a stage-1 checkpoint, e.g. resnet50_uniform_e90.pth; "
-                        "see ImageNet_iNat/README.md) or --resume")
+        raise UsageError("stage 2 needs --model_file (a stage-1 checkpoint, e.g. resnet50_uniform_e90.pth; "
+                         "see ImageNet_iNat/README.md) or --resume")
 
 
-def check_resume(args, state):
-    config = state.get("config") if isinstance(state, dict) else None
-    if not isinstance(config, dict) or "iteration" not in state or "history" not in state:
-        raise CheckpointError(f"--resume {args.resume} is not a training checkpoint of {PROG}; start without --resume")
-    clashes = [f"--{k} {getattr(args, k)} vs {config.get(k)}" for k in RESUME_MUST_MATCH
-               if k in config and config[k] != getattr(args, k)]
-    if clashes:
-        raise CheckpointError(f"--resume {args.resume} was written with other flags ({'; '.join(clashes)}); "
-                              f"pass the checkpoint's values or start a new run")
+def check_resume_epochs(args, state):
+    """--epochs may be raised on --resume, not lowered below what the checkpoint has trained."""
     if args.epochs < state["epoch"]:
         raise CheckpointError(f"--resume {args.resume} has already trained {state['epoch']} epochs; "
                               f"--epochs {args.epochs} is fewer")
@@ -174,7 +156,14 @@ def cosine_lr(epoch, epochs, base_lr, end_lr):
 
 
 class Run:
-    def __init__(self, args, ctx, data, resume_state, init_state):
+    """One stage-1 or stage-2 run on this process's share of the data.
+
+    ``data`` is a ``dataloader.LTData``; ``ctx`` the process group (``dist_utils.DistContext``);
+    ``resume_state`` a checkpoint of this run to continue, ``init_state`` the stage-1 checkpoint
+    (``--model_file``) stage 2 starts from (both already checked against ``args``).
+    """
+
+    def __init__(self, args, data, ctx, resume_state=None, init_state=None):
         self.args, self.ctx, self.data = args, ctx, data
         self.device = ctx.device
         self.stage2 = args.stage == 2
@@ -206,23 +195,24 @@ class Run:
             self.criterion.to(self.device)
             self.meta = MetaSAug(self.model, self.criterion, meta_lr=args.meta_lr, classifier="fc",
                                  lookahead="classifier")
-        # epoch_sums: loss sum, correct, seen of the running epoch on this rank (after a mid-epoch
-        # resume rank 0 starts from the global sums of the interrupted part); epoch_time: seconds of steps
-        self.position = dict(epoch=0, iteration=0, history=[], epoch_sums=[0.0, 0.0, 0.0], epoch_time=0.0,
-                             elapsed=0.0)
+        # epoch_sums are this rank's; after a mid-epoch resume rank 0 starts from the global sums of the
+        # interrupted part, the other ranks from zero
+        self.state = RunState()
         if resume_state is not None:
             self.optimizer.load_state_dict(resume_state["optimizer"])
             if self.stage2:
                 self.criterion.load_state_dict(resume_state["criterion"])
                 self.criterion.to(self.device)
-            for key in self.position:
-                self.position[key] = resume_state[key]
+            self.state = RunState.from_checkpoint(resume_state)
             if not ctx.is_main:
-                self.position["epoch_sums"] = [0.0, 0.0, 0.0]
+                self.state.epoch_sums = [0.0, 0, 0]
+        commit = git_commit()
+        if commit not in self.state.commits[-1:]:
+            self.state.commits.append(commit)
         self.images = data.images()
         self.meta_cache = None
         self.checkpoint_path = Path(args.checkpoint_dir) / f"{args.save_name}_ckpt.pth.tar"
-        self.first_epoch = self.position["epoch"]
+        self.first_epoch = self.state.epoch
         self.last_eval = None
 
     # -- logging helpers ---------------------------------------------------------------------
@@ -296,9 +286,16 @@ class Run:
         self.meta_cache = (all_features[order % self.ctx.world_size, order // self.ctx.world_size],
                            all_labels[order % self.ctx.world_size, order // self.ctx.world_size])
 
+    def schedule(self, epoch):
+        """(optimizer lr, lookahead step size, augmentation ratio) of 0-based ``epoch``: stage 2 keeps
+        the released constant rate, which is also the lookahead's step; stage 1 cRT's cosine."""
+        args = self.args
+        lr = args.lr if self.stage2 else cosine_lr(epoch, args.epochs, args.lr, args.end_lr)
+        return lr, lr, augmentation_ratio(args.lam, epoch, args.epochs)
+
     def fit(self, stop):
-        args, pos, ctx = self.args, self.position, self.ctx
-        started = time.time() - pos["elapsed"]
+        args, state, ctx = self.args, self.state, self.ctx
+        started = time.time() - state.elapsed
         writer = None
         if ctx.is_main:
             Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -309,14 +306,13 @@ class Run:
         self.log(f"stage {args.stage} | {args.dataset} | {len(self.data.train)} training images, "
                  f"{len(self.data.meta)} meta, {len(self.data.evaluation)} evaluation | {ctx.world_size} "
                  f"process(es) on {self.device.type}, {self.per_rank} images per process and step")
-        for epoch in range(pos["epoch"], args.epochs):
-            lr = args.lr if self.stage2 else cosine_lr(epoch, args.epochs, args.lr, args.end_lr)
+        for epoch in range(state.epoch, args.epochs):
+            lr, lookahead_lr, ratio = self.schedule(epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            ratio = args.lam * epoch / args.epochs
             batches = epoch_train_keys(len(self.data.train), self.per_rank, ctx.world_size, ctx.rank,
                                        args.seed, epoch)[:args.max_train_batches]
-            first = pos["iteration"]
+            first = state.iteration
             steps = []
             for step in range(first, len(batches)):
                 keys = list(batches[step])
@@ -326,16 +322,14 @@ class Run:
             self.net.train()
             tick = time.time()
             for step, batch in enumerate(make_loader(self.images, steps, args.workers, self.device), start=first):
-                loss, correct, seen, stopping = self.train_step(batch, epoch, step, lr, ratio, stop)
-                sums = pos["epoch_sums"]
-                pos["epoch_sums"] = [sums[0] + loss * seen, sums[1] + correct, sums[2] + seen]
-                pos["iteration"] = step + 1
+                loss, correct, seen, stopping = self.train_step(batch, epoch, step, lookahead_lr, ratio, stop)
+                state.add_batch(loss, correct, seen)
                 if ctx.is_main and ((step + 1) % args.print_freq == 0 or stopping):
                     print(f"  epoch {epoch} step {step + 1}/{len(batches)} loss {loss:.4f}", flush=True)
                 if stopping:
-                    pos["epoch_time"] += time.time() - tick
+                    state.epoch_time += time.time() - tick
                     return self._interrupted(stop, started, writer)
-            pos["epoch_time"] += time.time() - tick
+            state.epoch_time += time.time() - tick
             self._end_epoch(epoch, lr, started, writer)
         return self._finish(started, writer)
 
@@ -356,27 +350,25 @@ class Run:
         return report
 
     def _end_epoch(self, epoch, lr, started, writer):
-        args, pos, ctx = self.args, self.position, self.ctx
-        loss_sum, correct, seen = sum_over_ranks(ctx, *pos["epoch_sums"])
-        train_time = pos["epoch_time"]
+        args, state, ctx = self.args, self.state, self.ctx
+        loss_sum, correct, seen = sum_over_ranks(ctx, *state.epoch_sums)
+        train_time = state.epoch_time
         consistency = self._consistency() if ctx.distributed else None
         result = evaluate(self.model, self.data, self.images, ctx, args.test_batch_size, args.max_test_batches,
                           args.workers, self.memory_format)
-        pos.update(epoch=epoch + 1, iteration=0, epoch_sums=[0.0, 0.0, 0.0], epoch_time=0.0,
-                   elapsed=time.time() - started)
-        entry = dict(epoch=epoch, lr=lr, ratio=args.lam * epoch / args.epochs, train_loss=loss_sum / seen,
+        entry = dict(epoch=epoch, lr=lr, ratio=self.schedule(epoch)[2], train_loss=loss_sum / seen,
                      train_acc=100.0 * correct / seen, train_images=int(seen), train_time_s=train_time,
                      images_per_s=seen / train_time if train_time > 0 else None,
                      test_top1=result["top1"], shot_accuracy=result["shots"], rank_max_deviation=consistency)
-        pos["history"].append(entry)
+        state.end_epoch(entry, time.time() - started)
         self.last_eval = result
         if not ctx.is_main:
             return
         done = epoch + 1 - self.first_epoch
-        eta = pos["elapsed"] / max(done, 1) * (args.epochs - epoch - 1)
+        eta = state.elapsed / max(done, 1) * (args.epochs - epoch - 1)
         print(f"Epoch {epoch + 1}/{args.epochs} | loss {entry['train_loss']:.4f} | train acc {entry['train_acc']:.2f} "
               f"| test top-1 {result['top1']:.2f} (many/medium/few {format_shots(result['shots'])}) | lr {lr:g} | "
-              f"{entry['images_per_s'] or 0:.1f} images/s | elapsed {pos['elapsed'] / 60:.1f} min | "
+              f"{entry['images_per_s'] or 0:.1f} images/s | elapsed {state.elapsed / 60:.1f} min | "
               f"ETA {eta / 60:.1f} min", flush=True)
         scalars = {"train/loss": entry["train_loss"], "train/accuracy": entry["train_acc"], "test/top1": result["top1"],
                    "lr": lr, "train/images_per_s": entry["images_per_s"] or 0.0}
@@ -384,46 +376,43 @@ class Run:
         for name, value in scalars.items():
             writer.add_scalar(name, value, epoch)
         writer.flush()
-        save_checkpoint(self._state(), self.checkpoint_path)
+        save_checkpoint(self._checkpoint(), self.checkpoint_path)
 
-    def _state(self):
-        pos = self.position
-        state = dict(epoch=pos["epoch"], optimizer=self.optimizer.state_dict(), stage=self.args.stage,
-                     iteration=pos["iteration"], history=pos["history"], epoch_sums=pos["epoch_sums"],
-                     epoch_time=pos["epoch_time"], elapsed=pos["elapsed"], config=vars(self.args),
-                     cls_num_list=self.data.cls_num_list, world_size=self.ctx.world_size)
+    def _checkpoint(self):
+        """The run state and the weights: the released stage-2 layout, or cRT's for stage 1."""
+        checkpoint = dict(self.state.to_checkpoint(), optimizer=self.optimizer.state_dict(), stage=self.args.stage,
+                          config=vars(self.args), cls_num_list=self.data.cls_num_list,
+                          world_size=self.ctx.world_size)
         if self.stage2:
-            state["state_dict"] = released_state(self.model)
-            state["criterion"] = self.criterion.state_dict()
+            checkpoint["state_dict"] = released_state(self.model)
+            checkpoint["criterion"] = self.criterion.state_dict()
         else:
-            state["state_dict_best"] = crt_state(self.model)  # the last epoch's weights (no selection)
-            state["best_epoch"] = pos["epoch"] - 1
-        return state
+            checkpoint["state_dict_best"] = crt_state(self.model)  # the last epoch's weights (no selection)
+            checkpoint["best_epoch"] = self.state.epoch - 1
+        return checkpoint
 
     def _interrupted(self, stop, started, writer):
-        self.position["elapsed"] = time.time() - started
-        self.position["epoch_sums"] = sum_over_ranks(self.ctx, *self.position["epoch_sums"])
-        if self.ctx.is_main:
-            save_checkpoint(self._state(), self.checkpoint_path)
-            writer.close()
-            print(f"interrupted by signal {stop.signal} at epoch {self.position['epoch']}, step "
-                  f"{self.position['iteration']}; checkpoint written. Resume with the same flags plus "
-                  f"--resume {self.checkpoint_path}", file=sys.stderr, flush=True)
-        return 128 + (stop.signal or 15)
+        self.state.elapsed = time.time() - started
+        self.state.epoch_sums = sum_over_ranks(self.ctx, *self.state.epoch_sums)
+        if not self.ctx.is_main:
+            return 128 + (stop.signal or 15)
+        save_checkpoint(self._checkpoint(), self.checkpoint_path)
+        writer.close()
+        return report_interrupt(stop.signal or 15, self.state, "step", self.checkpoint_path)
 
     def _finish(self, started, writer):
-        args, pos = self.args, self.position
+        args, state = self.args, self.state
         if self.last_eval is None:  # resumed after the last epoch: evaluate once more (all ranks)
             self.last_eval = evaluate(self.model, self.data, self.images, self.ctx, args.test_batch_size,
                                       args.max_test_batches, args.workers, self.memory_format)
         if not self.ctx.is_main:
             return 0
         writer.close()
-        history = pos["history"]
+        history = state.history
         final = history[-1]
         images = sum(h["train_images"] for h in history)
         train_time = sum(h["train_time_s"] for h in history)
-        result = dict(config=vars(args), commit=git_commit(), seed=args.seed, stage=args.stage,
+        result = dict(config=vars(args), commit=state.commits[0], commits=state.commits, seed=args.seed, stage=args.stage,
                       dataset=args.dataset, arch=args.arch, world_size=self.ctx.world_size,
                       device=self.device.type, cls_num_list=self.data.cls_num_list,
                       final_epoch=final["epoch"], final_top1=final["test_top1"],
@@ -435,9 +424,7 @@ class Run:
                       rank_max_deviation=final["rank_max_deviation"],
                       checkpoint=str(self.checkpoint_path), history=history)
         path = Path(args.out_dir) / "result.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
+        save_json(result, path)
         print(f"final top-1 error {result['final_top1_error']:.2f} (epoch {final['epoch'] + 1}), "
               f"{result['train_images_per_s'] or 0:.1f} training images/s; wrote {path} and {self.checkpoint_path}",
               flush=True)
@@ -450,22 +437,21 @@ def main(argv=None):
     ctx = None
     try:
         resolve_args(args, world_size)
-        device = resolve_device(args.device, local_rank)
-        if device is None:
-            raise DataError("--device cuda was requested but CUDA is not available; use --device cpu")
+        device = resolve_device(args.device, local_rank % max(torch.cuda.device_count(), 1))
         data = load_data(args.dataset, args.data_root, args.split_dir, args.num_classes, args.num_meta,
                          args.image_size)
         resume_state = init_state = None
         if args.resume:
             resume_state = load_checkpoint(args.resume)
-            check_resume(args, resume_state)
+            check_resume(args, resume_state, RESUME_MUST_MATCH, PROG)
+            check_resume_epochs(args, resume_state)
         elif args.model_file:
             init_state = load_checkpoint(args.model_file)
         ctx = init_distributed(device)
-        run = Run(args, ctx, data, resume_state, init_state)
+        run = Run(args, data, ctx, resume_state, init_state)
         del resume_state, init_state
         return run.fit(StopRequest())
-    except (DataError, CheckpointError) as error:
+    except (UsageError, DataError, CheckpointError) as error:
         prefix = f"[rank {rank}] " if world_size > 1 else ""
         print(f"{PROG}: error: {prefix}{one_line(error)}", file=sys.stderr, flush=True)
         return 2

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Callable
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +41,9 @@ from data_utils import (CIFAR_MEAN, CIFAR_STD, LongTailData, batch_generator, bu
                         epoch_batches, long_tail_counts, sample_meta_batch)
 from loss import MetaSAugLoss  # noqa: E402
 from resnet import ResNet32  # noqa: E402
-import trainer  # noqa: E402
-from trainer import Run, build_parser, git_commit, learning_rate  # noqa: E402
+from cli import git_commit  # noqa: E402
+from meta_layers import augmentation_ratio  # noqa: E402
+from trainer import Run, build_parser, learning_rate  # noqa: E402
 
 RELEASED_LOADER = dict(num_workers=1, pin_memory=False)  # the released script's DataLoader kwargs
 SEED = 0
@@ -78,7 +78,8 @@ def synthetic_data(train_size=None, num_classes=10, num_meta=10):
     train_labels = torch.arange(num_classes).repeat_interleave(torch.tensor(counts))
     meta_labels = torch.arange(num_classes).repeat_interleave(num_meta)
     return LongTailData(images(len(train_labels)), train_labels, images(len(meta_labels)), meta_labels,
-                        images(0), torch.zeros(0, dtype=torch.int64), counts, [str(c) for c in range(num_classes)])
+                        images(0), torch.zeros(0, dtype=torch.int64), counts, [str(c) for c in range(num_classes)],
+                        train_indices=torch.arange(len(train_labels)))
 
 
 def reflect_pad4(image):
@@ -112,18 +113,12 @@ class ReleasedCifar(Dataset):
 # ---------------------------------------------------------------------------------------------
 
 def make_run(data, device, batch_size, meta_gradient, channels_last, amp):
-    """A trainer.Run built by its own __init__ with trainer's defaults, on in-memory data."""
+    """A trainer.Run with trainer's defaults, on in-memory data."""
     args = build_parser("bench", "", ("ce",)).parse_args([
         "--device", device.type, "--batch-size", str(batch_size), "--num_classes", str(len(data.cls_num_list)),
         "--meta_gradient", meta_gradient, "--channels_last", str(channels_last), "--seed", str(SEED),
         "--data_root", "in-memory"] + ["--amp"] * amp)
-    with mock.patch.object(trainer, "build_dataset", return_value=data):
-        return Run(args, ("ce",))
-
-
-def schedule(args, epoch):
-    """(lookahead step size, augmentation ratio) of `epoch`, as Run.fit computes them."""
-    return learning_rate(epoch, args.lr, args.lr_milestones), args.lam * epoch / args.epochs
+    return Run(args, data)
 
 
 def ours_compute_step(run, x, y, meta_batch=None):
@@ -132,7 +127,7 @@ def ours_compute_step(run, x, y, meta_batch=None):
         if meta_batch is None:
             loss = F.cross_entropy(run.model(x)[1], y)
         else:
-            lookahead_lr, ratio = schedule(run.args, run.args.meta_start)
+            _, lookahead_lr, ratio = run.schedule(run.args.meta_start)
             loss, _ = run.meta.step(x, y, *meta_batch, lr=lookahead_lr, ratio=ratio)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -167,7 +162,7 @@ def ours_epoch(run, epoch, num_batches):
     """The iterations of Run.fit (its logging, checkpoints and evaluation left out)."""
     batches = ours_batches(run, epoch, num_batches)
     for iteration, index in enumerate(batches):
-        run.train_step(epoch, iteration, index, *schedule(run.args, epoch))
+        run.train_step(epoch, iteration, index, *run.schedule(epoch)[1:])
     return sum(map(len, batches)), len(batches)
 
 
@@ -208,7 +203,9 @@ class ReleasedDesign:
 
     def metasaug_step(self, x, y, meta_batch):
         """train_MetaSAug's body; `meta_batch()` is called where the released loop reads the meta set."""
-        lookahead_lr, ratio = schedule(self.args, self.args.meta_start)
+        args, epoch = self.args, self.args.meta_start
+        lookahead_lr = learning_rate(epoch, args.lr, args.lr_milestones)
+        ratio = augmentation_ratio(args.lam, epoch, args.epochs)
         cv = self.criterion.estimator.covariance.detach().requires_grad_()
         copy = ResNet32(self.num_classes)
         copy.load_state_dict(self.model.state_dict())

@@ -8,7 +8,6 @@ distributed ones); the data, checkpoint-layout and bad-input cases run in-proces
 """
 import importlib.util
 import json
-import os
 import random
 import re
 import signal
@@ -21,16 +20,13 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import REPO_ROOT
+import dataloader  # ImageNet_iNat/dataloader.py (pyproject.toml puts ImageNet_iNat on the test path)
+import networks
+from checkpoint import CheckpointError
+from conftest import ENV, REPO_ROOT, TIMEOUT, load, snapshot
+from dataloader import DataError
 
 LT_DIR = REPO_ROOT / "ImageNet_iNat"
-if str(LT_DIR) not in sys.path:
-    sys.path.append(str(LT_DIR))
-
-import dataloader  # noqa: E402  (ImageNet_iNat/dataloader.py)
-import networks  # noqa: E402
-from checkpoint import CheckpointError  # noqa: E402
-from dataloader import DataError  # noqa: E402
 
 
 def _load_script(name, path):
@@ -46,8 +42,6 @@ lt_test = _load_script("lt_test", LT_DIR / "test.py")
 TRAIN_COUNTS = [105, 24, 6, 3]
 VAL_PER_CLASS, TEST_PER_CLASS = 4, 5
 NUM_CLASSES = len(TRAIN_COUNTS)
-TIMEOUT = 300
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,10 +132,6 @@ def run_script(script, args, nproc=1, cwd=None, shell_script=None):
     proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=cwd)
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     return proc
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def ckpt_path(out, name):
@@ -305,13 +295,9 @@ def _bad_cases(tree, base):
     return cases
 
 
-def _snapshot(root):
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
 def test_bad_inputs_in_process(tree, tmp_path, capsys):
     cases = _bad_cases(tree, tmp_path)
-    before = _snapshot(tmp_path)
+    before = snapshot(tmp_path)
     for name, (extra, pattern) in cases.items():
         out = tmp_path / "out"
         args = [str(a) for a in train_flags(tree, out) + extra]
@@ -319,14 +305,14 @@ def test_bad_inputs_in_process(tree, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(pattern, err[0]), (name, err)
         assert err[0].startswith("ImageNet_iNat/train.py: error: ")
-        assert _snapshot(tmp_path) == before, f"{name}: something was written"
+        assert snapshot(tmp_path) == before, f"{name}: something was written"
     # test.py
     for extra, pattern in (([cases["wrong layout"][0][1]], "unknown layout"),
                            ([cases["wrong class count"][0][1]], "3-class classifier")):
         assert lt_test.main([str(a) for a in data_flags(tree) + ["--loading_path", *extra]]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and re.search(pattern, err[0]), err
-    assert _snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 def test_bad_input_exit_code_of_the_script(tree, tmp_path):
@@ -339,6 +325,20 @@ def test_bad_input_exit_code_of_the_script(tree, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "split file for ImageNet_LT test not found" in lines[0], proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_launcher_ends_with_the_failing_workers_own_line(tree, crt, tmp_path):
+    """scripts/train.sh under torchrun: a diverged run exits 3 with the worker's message, not torchrun's report."""
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(LT_DIR / "scripts" / "train.sh"), *map(str, train_flags(tree, out) + [
+        "--model_file", crt, "--lam", "1e30"])], capture_output=True, text=True, timeout=TIMEOUT,
+        env={**ENV, "GPUS": "2", "DEVICE": "cpu", "TMPDIR": str(tmp_path)})
+    assert proc.returncode == 3, proc.stderr
+    assert "ChildFailedError" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert re.match(r"ImageNet_iNat/train\.py: error: non-finite training loss at epoch 1, step 1 ", lines[-2]), lines
+    report = re.fullmatch(r"\(torchrun's report: (\S+)\)", lines[-1])
+    assert report and "ChildFailedError" in open(report.group(1)).read()
 
 
 # ---------------------------------------------------------------------------------------------

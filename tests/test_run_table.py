@@ -118,7 +118,7 @@ def test_sweep_refuses_results_of_other_flags(sweep, tmp_path, capfd):
     (folder / "result.json").write_text(json.dumps({"config": {"lam": 0.75, "method": "isda"}}))
     assert run_table.main(sweep) == 2
     err = capfd.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "was written with other flags (lam)" in err
+    assert len(err.splitlines()) == 1 and "was written with other flags (--lam 0.25 vs 0.75)" in err
     assert sorted(p.name for p in (tmp_path / "runs" / "table5").iterdir()) == [folder.name]
 
 

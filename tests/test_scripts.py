@@ -4,17 +4,13 @@ The training scripts and MetaSAug_test.py run as subprocesses with ``sys.executa
 a user runs them. The many bad-input cases call the same ``main`` functions in-process (a fresh
 interpreter costs seconds of torch import each); a few of them also go through the real scripts.
 """
-import hashlib
 import json
-import os
 import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
-import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,7 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT, make_tree
+from conftest import (CE, ENV, EPOCHS, ITERATIONS, LDAM, NUM_CLASSES, REPO_ROOT, TEST, TIMEOUT, assert_ok,
+                      assert_one_line_error, assert_tensors_equal, call_main, command, load, make_tree, run_script,
+                      snapshot, train_flags, training_run)
 
 import MetaSAug_test
 import trainer
@@ -30,70 +28,6 @@ from checkpoint import load_model_state
 from data_utils import load_split, normalize
 from metrics import per_class_accuracy, predict, top1_accuracy
 from resnet import ResNet32
-
-CE, LDAM, TEST = "MetaSAug_CE_train.py", "MetaSAug_LDAM_train.py", "MetaSAug_test.py"
-TIMEOUT = 300  # seconds for one script run; the runs below take a few seconds each
-# One thread: the runs are tiny, and an oversubscribed OpenMP pool on a shared machine is slow.
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-NUM_CLASSES, EPOCHS = 4, 3
-# 40 training images per class: 2 go to the meta set, the long tail keeps [38, 17, 8, 3] = 66
-# images, i.e. 9 iterations of batch 8 per epoch; epoch 0 is cross-entropy, epochs 1-2 MetaSAug.
-ITERATIONS = 9
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers
-# ---------------------------------------------------------------------------------------------
-
-def train_flags(data_root, base, name="tiny", epochs=EPOCHS, num_classes=NUM_CLASSES):
-    """The small flags of a tiny run; checkpoints and logs under `base`."""
-    return ["--data_root", data_root, "--num_classes", num_classes, "--num_meta", 2, "--imb_factor", 0.1,
-            "--batch-size", 8, "--test-batch-size", 16, "--epochs", epochs, "--meta_start", 1,
-            "--lr_milestones", 2, "--print-freq", 1, "--device", "cpu", "--workers", 1,
-            "--checkpoint_dir", base / "ckpt", "--out_dir", base / "out", "--save_name", name]
-
-
-def command(script, args):
-    return [sys.executable, str(REPO_ROOT / script), *map(str, args)]
-
-
-def run_script(script, args, cwd):
-    return subprocess.run(command(script, args), cwd=cwd, capture_output=True, text=True,
-                          timeout=TIMEOUT, env=ENV)
-
-
-def training_run(script, args, base):
-    """Run a training script; returns its process and where it writes."""
-    base.mkdir(parents=True, exist_ok=True)
-    proc = run_script(script, args, cwd=base)
-    name = args[args.index("--save_name") + 1]
-    return SimpleNamespace(proc=proc, base=base, args=args, ckpt=base / "ckpt" / f"{name}_ckpt.pth.tar",
-                           best=base / "ckpt" / f"{name}_best.pth.tar", out=base / "out")
-
-
-def assert_ok(proc):
-    assert proc.returncode == 0, f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-
-
-def assert_one_line_error(returncode, stderr, pattern, expected_code=2):
-    assert returncode == expected_code, stderr
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected a one-line message, got:\n{stderr}"
-    assert re.search(pattern, lines[0]), lines[0]
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def snapshot(root):
-    """Every file and folder under `root` with its content hash and mtime, to prove nothing changed."""
-    return {str(p.relative_to(root)): (None if p.is_dir() else
-                                       (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns))
-            for p in sorted(root.rglob("*"))}
-
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures
@@ -154,7 +88,9 @@ def check_complete_run(run, iterations=ITERATIONS):
                 "per_class_accuracy", "shot_accuracy", "wall_time_s", "history"):
         assert key in result, key
     assert result["config"] == state["config"] and result["config"]["epochs"] == EPOCHS
-    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", result["commit"]) and result["commits"] == [result["commit"]]
+    in_git = (REPO_ROOT / ".git").exists()  # a copy of the code outside git records no commit
+    assert (re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", result["commit"]) if in_git else result["commit"] is None)
+    assert result["commits"] == [result["commit"]]
     assert result["seed"] == 42
     history = result["history"]
     assert [h["epoch"] for h in history] == list(range(EPOCHS))
@@ -332,20 +268,6 @@ def ce_main(argv):
     return trainer.main(CE, "d", ("ce", "focal"), argv)
 
 
-def call_main(main, argv, capsys):
-    """In-process run of a script's main: (exit code, stderr, warnings a user would see)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exit:  # argparse
-            code = exit.code
-    _, err = capsys.readouterr()
-    shown = [str(w.message) for w in caught
-             if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))]
-    return code, err, shown
-
-
 @pytest.fixture
 def bad_inputs(tmp_path, tree4, ce_run):
     """The inputs the bad-input cases point at, all under tmp_path (snapshotted before and after)."""
@@ -478,24 +400,6 @@ class LineReader:
             if line is not None:
                 self.seen.append(line)
         return "".join(self.seen)
-
-
-def assert_tensors_equal(a, b, where):
-    if torch.is_tensor(a):
-        assert torch.is_tensor(b) and (a.dtype, a.shape) == (b.dtype, b.shape), f"{where}: {b!r}"
-        if not torch.equal(a, b):
-            diff = (a.double() - b.double()).abs().max().item()
-            pytest.fail(f"{where} differs between the runs (max abs difference {diff:.3g})")
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            assert_tensors_equal(a[key], b[key], f"{where}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_tensors_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(ce_run, tree4, tmp_path):

@@ -15,16 +15,11 @@ from collections import defaultdict
 from pathlib import Path
 
 PAPER = Path(__file__).with_name("paper_results.json")
-ROW_NAMES = {
-    ("metasaug", "ce"): "MetaSAug with cross-entropy loss", ("metasaug", "focal"): "MetaSAug with focal loss",
-    ("metasaug", "ldam"): "MetaSAug with LDAM loss", ("plain", "ce"): "Cross-entropy training",
-    ("plain", "focal"): "Focal loss", ("plain", "ldam"): "LDAM loss",
-    ("cb", "ce"): "Class-balanced cross-entropy loss", ("cb", "focal"): "Class-balanced focal loss",
-    ("cb", "ldam"): "Class-balanced LDAM loss", ("drw", "ldam"): "LDAM-DRW", ("drw", "ce"): "CE-DRW",
-    ("drw", "focal"): "Focal-DRW", ("metasaug_no_reweight", "ce"): "MetaSAug w/o re-weighting",
-    ("isda", "ce"): "MetaSAug w/o meta-learning",
-}
-TABLE5_ALIASES = {"MetaSAug with cross-entropy loss": "MetaSAug"}
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from methods import TABLES, row_name  # noqa: E402
+
 PROTOCOL_KEYS = ("epochs", "meta_start", "lr_milestones", "max_train_batches", "batch_size", "lam")
 
 
@@ -33,8 +28,7 @@ def load_runs(folder):
     for path in sorted(Path(folder).rglob("result.json")):
         result = json.loads(path.read_text())
         config = result["config"]
-        row = ROW_NAMES.get((config.get("method", "metasaug"), result["base_loss"]),
-                            f"{config.get('method')} / {result['base_loss']}")
+        row = row_name(config.get("method", "metasaug"), result["base_loss"])
         protocol = ", ".join(f"{k} {config.get(k)}" for k in PROTOCOL_KEYS)
         runs.append(dict(row=row, dataset=config["dataset"], imbalance=round(1 / config["imb_factor"]),
                          protocol=protocol, seed=result["seed"], final=result["final_top1_error"],
@@ -73,8 +67,8 @@ def shot_cell(group):
 def table_markdown(spec, runs, table_name, other_rows=frozenset(), only_imbalance=None):
     """One table in the paper's layout; rows that belong to another table (``other_rows``) are left out,
     and only the ``only_imbalance`` columns are shown when given."""
-    aliases = TABLE5_ALIASES if table_name == "table5" else {}
-    runs = [dict(r, row=aliases.get(r["row"], r["row"])) for r in runs if r["dataset"] == spec["dataset"]]
+    table = TABLES[table_name]
+    runs = [dict(r, row=table.label(r["row"])) for r in runs if r["dataset"] == spec["dataset"]]
     imbalances = sorted(set(spec["imbalance"]) | {r["imbalance"] for r in runs}, reverse=True)
     if only_imbalance:
         imbalances = [i for i in imbalances if i in only_imbalance]
@@ -119,8 +113,8 @@ def main(argv=None):
     names = list(paper["tables"]) if args.table == "all" else [args.table]
     print(f"{len(runs)} runs under {args.runs_dir}. Paper numbers: {paper['source']}.\n")
     for name in names:
-        others = {TABLE5_ALIASES.get(row, row) if name == "table5" else row
-                  for other, spec in paper["tables"].items() if other != name for row in spec["rows"]}
+        others = {TABLES[name].label(row) for other, spec in paper["tables"].items() if other != name
+                  for row in spec["rows"]}
         print(table_markdown(paper["tables"][name], runs, name, others - set(paper["tables"][name]["rows"]),
                              args.imbalance))
     return 0

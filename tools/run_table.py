@@ -30,32 +30,12 @@ import MetaSAug_CE_train  # noqa: E402
 import MetaSAug_LDAM_train  # noqa: E402
 import trainer  # noqa: E402
 from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from cli import check_resume, flag_clashes  # noqa: E402
 from data_utils import CIFAR_NUM_CLASSES, get_img_num_per_cls  # noqa: E402
+from methods import CE_SCRIPT, LDAM_SCRIPT, META_STEPPING, ROWS, TABLES  # noqa: E402
 
-# table: dataset, imbalance factors, rows as (run name stem, script, flags)
-CE, LDAM = "MetaSAug_CE_train.py", "MetaSAug_LDAM_train.py"
-LOSSES = {CE: MetaSAug_CE_train.LOSSES, LDAM: MetaSAug_LDAM_train.LOSSES}
-TABLES = {
-    "table1": ("cifar10", (0.005, 0.01, 0.02, 0.05, 0.1), [
-        ("ce", CE, ["--method", "plain", "--loss", "ce"]),
-        ("cb_ce", CE, ["--method", "cb", "--loss", "ce"]),
-        ("metasaug_ce", CE, ["--method", "metasaug", "--loss", "ce"]),
-        ("focal", CE, ["--method", "plain", "--loss", "focal"]),
-        ("cb_focal", CE, ["--method", "cb", "--loss", "focal"]),
-        ("metasaug_focal", CE, ["--method", "metasaug", "--loss", "focal"]),
-        ("ldam", LDAM, ["--method", "plain"]),
-        ("ldam_drw", LDAM, ["--method", "drw"]),
-        ("metasaug_ldam", LDAM, ["--method", "metasaug"]),
-    ]),
-    "table5": ("cifar10", (0.01, 0.02, 0.05), [
-        ("metasaug_no_reweight", CE, ["--method", "metasaug_no_reweight", "--loss", "ce"]),
-        ("isda", CE, ["--method", "isda", "--loss", "ce"]),
-        ("metasaug_ce", CE, ["--method", "metasaug", "--loss", "ce"]),
-    ]),
-}
-TABLES["table2"] = ("cifar100",) + TABLES["table1"][1:]
+LOSSES = {CE_SCRIPT: MetaSAug_CE_train.LOSSES, LDAM_SCRIPT: MetaSAug_LDAM_train.LOSSES}
 LAM = {"cifar10": 0.25, "cifar100": 0.75}  # the released default and the released CIFAR-100 command
-META_STEPPING = ("metasaug", "metasaug_no_reweight")  # second-phase epochs at the MetaSAug throughput
 
 
 class PlanError(ValueError):
@@ -152,22 +132,24 @@ def seconds_for(args, first_epoch, end_epoch, throughput):
 
 def plan(args, throughput):
     """The sweep's jobs in the order a single device runs them: each first phase right before its branches."""
-    dataset, default_imbs, rows = TABLES[args.table]
-    rows = [r for r in rows if args.rows is None or r[0] in args.rows]
+    table = TABLES[args.table]
+    dataset = table.dataset
+    rows = [ROWS[stem] for stem in table.stems if args.rows is None or stem in args.rows]
     folder = Path(args.out_root) / args.table
     jobs = []
-    for imb in args.imb or default_imbs:
+    for imb in args.imb or table.imb_factors:
         for seed in args.seeds:
             setting = f"imb{imb}_seed{seed}"
             runs = []
-            for stem, script, flags in rows:
-                name = f"{args.table}_{dataset}_{stem}_{setting}"
-                run_flags = flags + ["--dataset", dataset, "--num_classes", str(CIFAR_NUM_CLASSES[dataset]),
+            for row in rows:
+                name = f"{args.table}_{dataset}_{row.stem}_{setting}"
+                run_flags = row.flags() + ["--dataset", dataset, "--num_classes", str(CIFAR_NUM_CLASSES[dataset]),
                                      "--imb_factor", str(imb), "--seed", str(seed), "--lam", str(LAM[dataset]),
                                      "--device", args.device, "--data_root", args.data_root or f"data/{dataset}",
                                      "--save_name", name, "--out_dir", str(folder / name),
                                      "--checkpoint_dir", str(folder / "checkpoints"), *args.extra]
-                runs.append(Job(name, script, run_flags, training_args(script, run_flags), "scratch", (stem,)))
+                runs.append(Job(name, row.script, run_flags, training_args(row.script, run_flags), "scratch",
+                                (row.stem,)))
             groups = {}
             for run in runs:
                 key = first_phase_key(run.script, run.args) if args.share else None
@@ -204,15 +186,15 @@ def mark_progress(jobs):
             job.state = "finished"
         elif job.kind != "first phase" and job.result.is_file():
             config = json.loads(job.result.read_text()).get("config", {})
-            clashes = [k for k in trainer.RESUME_MUST_MATCH if k in config and config[k] != getattr(job.args, k)]
+            clashes = flag_clashes(job.args, config, trainer.RESUME_MUST_MATCH)
             if clashes:
-                raise PlanError(f"{job.result} was written with other flags ({', '.join(clashes)}); move it away "
+                raise PlanError(f"{job.result} was written with other flags ({'; '.join(clashes)}); move it away "
                                 f"or choose another --out_root")
             job.state = "finished"
         elif job.checkpoint.is_file():
             try:
-                trainer.check_resume(argparse.Namespace(**{**vars(job.args), "resume": job.checkpoint}),
-                                     load_checkpoint(job.checkpoint))
+                check_resume(argparse.Namespace(**{**vars(job.args), "resume": job.checkpoint}),
+                             load_checkpoint(job.checkpoint), trainer.RESUME_MUST_MATCH, job.script)
             except CheckpointError as error:
                 raise PlanError(str(error)) from None
             job.state = "interrupted"
@@ -228,8 +210,8 @@ def summary(args, jobs, throughput, device):
     branches = [j for j in jobs if j.kind == "branch"]
     scratch = [j for j in jobs if j.kind == "scratch"]
     runs = len(branches) + len(scratch)
-    dataset = TABLES[args.table][0]
-    lines = [f"{args.table} ({dataset}): {runs} runs, imbalance {' '.join(map(str, args.imb or TABLES[args.table][1]))},"
+    table = TABLES[args.table]
+    lines = [f"{args.table} ({table.dataset}): {runs} runs, imbalance {' '.join(map(str, args.imb or table.imb_factors))},"
              f" seeds {' '.join(map(str, args.seeds))}; results in {Path(args.out_root) / args.table}"]
     if throughput:
         total = sum(j.seconds for j in jobs if j.state != "finished")

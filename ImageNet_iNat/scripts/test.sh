@@ -18,14 +18,7 @@ case "$DATASET" in
   ImageNet_LT|iNaturalist18|iNaturalist17) ;;
   *) echo "test.sh: unknown DATASET $DATASET (ImageNet_LT, iNaturalist18, iNaturalist17)" >&2; exit 2 ;;
 esac
-GPUS=${GPUS:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
-NNODES=${NNODES:-1}
-if [ "$NNODES" -gt 1 ]; then
-  : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port of node 0 for a multi-node run}"
-  launch=(--nnodes "$NNODES" --node_rank "${NODE_RANK:-0}" --rdzv_endpoint "$RDZV_ENDPOINT")
-else
-  launch=(--standalone)
-fi
-exec torchrun "${launch[@]}" --nproc_per_node "$GPUS" ImageNet_iNat/test.py \
+source ImageNet_iNat/scripts/torchrun.sh
+run_torchrun ImageNet_iNat/test.py \
   --dataset "$DATASET" --data_root "${DATA_ROOT:-data/$DATASET}" --arch "$ARCH" --device "${DEVICE:-auto}" \
   --loading_path "${CHECKPOINT:-checkpoints/ImageNet_iNat/${DATASET}_${ARCH}_stage2_ckpt.pth.tar}" "$@"

@@ -27,19 +27,12 @@ case "$DATASET" in
   iNaturalist17) default_model=models/iNat17/${ARCH}_uniform_e90.pth ;;
   *) echo "train.sh: unknown DATASET $DATASET (ImageNet_LT, iNaturalist18, iNaturalist17)" >&2; exit 2 ;;
 esac
-GPUS=${GPUS:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
-NNODES=${NNODES:-1}
-if [ "$NNODES" -gt 1 ]; then
-  : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port of node 0 for a multi-node run}"
-  launch=(--nnodes "$NNODES" --node_rank "${NODE_RANK:-0}" --rdzv_endpoint "$RDZV_ENDPOINT")
-else
-  launch=(--standalone)
-fi
 if [ "${STAGE:-2}" = 1 ]; then
   recipe=(--stage 1 --batch_size 512 --lr 0.2 --epochs 90)  # cRT "uniform sampling", cosine learning rate
 else
   recipe=(--stage 2 --model_file "${MODEL_FILE:-$default_model}" --lr 0.0003 --meta_lr 0.1 --batch_size 256 --epochs 20)
 fi
-exec torchrun "${launch[@]}" --nproc_per_node "$GPUS" ImageNet_iNat/train.py \
+source ImageNet_iNat/scripts/torchrun.sh
+run_torchrun ImageNet_iNat/train.py \
   --dataset "$DATASET" --data_root "${DATA_ROOT:-data/$DATASET}" --arch "$ARCH" --device "${DEVICE:-auto}" \
   "${recipe[@]}" "$@"

@@ -1,0 +1,144 @@
+"""Command-line plumbing shared by every script: parsing, flag checks, device choice, stop signals,
+resume/branch compatibility and provenance.
+
+Errors a user can fix by changing a flag are ``UsageError``; errors in the data or in a file are
+``data_utils.DataError`` and ``checkpoint.CheckpointError``. The scripts print any of them as one
+line and exit with code 2.
+"""
+import argparse
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from checkpoint import CheckpointError
+
+
+class UsageError(ValueError):
+    """A flag value that cannot work; the message names the flag and the fix."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits with code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is None/False (those defaults are described in the help)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def str2bool(text):
+    """The released ``--nesterov`` was ``type=bool`` (any text is True); accept real booleans."""
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "y"):
+        return True
+    if lowered in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def one_line(error):
+    """The message of an error as one line; for an error re-raised from a DataLoader worker (whose
+    message holds the worker's traceback) the original message."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in str(error):
+        last = lines[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(lines)
+
+
+def require(args, positive=(), non_negative=(), caps=()):
+    """``UsageError`` unless the named flags are >= 1 (``positive``), >= 0 (``non_negative``), or None
+    or >= 1 (``caps``, such as --max_train_batches)."""
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in non_negative:
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name} must not be negative, got {getattr(args, name)}")
+    for name in caps:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
+
+
+def require_rates(args):
+    """The training scripts' step sizes: --lr > 0, --lam >= 0, --meta_lr >= 0."""
+    if args.lr <= 0 or args.lam < 0 or args.meta_lr < 0:
+        raise UsageError("--lr must be positive and --lam, --meta_lr non-negative")
+
+
+def require_imb_factor(imb_factor):
+    if not 0 < imb_factor <= 1:
+        raise UsageError(f"--imb_factor must be in (0, 1] (0.01 means imbalance 100), got {imb_factor}")
+
+
+def resolve_device(choice, index=0):
+    """``auto``: CUDA device ``index`` when CUDA is available, else the CPU."""
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError("--device cuda was requested but CUDA is not available; use --device cpu")
+    return torch.device("cuda", index)
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a flag checked between iterations, so a checkpoint can be written."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+
+def report_interrupt(signum, state, unit, checkpoint_path):
+    """Tell how a run stopped on a signal and how to continue it; the exit code, 128 + signal."""
+    print(f"interrupted by signal {signum} at epoch {state.epoch}, {unit} {state.iteration}; checkpoint written. "
+          f"Resume with the same flags plus --resume {checkpoint_path}", file=sys.stderr, flush=True)
+    return 128 + signum
+
+
+def flag_clashes(args, config, keys):
+    """``--k ours vs theirs`` for each of ``keys`` that ``config`` (a checkpoint's) records otherwise;
+    keys it does not record (flags added since it was written) are taken to match."""
+    return [f"--{k} {getattr(args, k)} vs {config[k]}" for k in keys if k in config and config[k] != getattr(args, k)]
+
+
+def training_config(state, flag, path, what):
+    """The config of a training checkpoint of this repository, or a one-line error naming ``flag``."""
+    config = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(config, dict) or "iteration" not in state or "history" not in state:
+        raise CheckpointError(f"{flag} {path} is not {what} (no config, position or history); "
+                              f"start without {flag}")
+    return config
+
+
+def check_resume(args, state, must_match, prog):
+    """Refuse to continue a checkpoint written with other values of the ``must_match`` flags."""
+    config = training_config(state, "--resume", args.resume, f"a training checkpoint of {prog}")
+    clashes = flag_clashes(args, config, must_match)
+    if clashes:
+        raise CheckpointError(f"--resume {args.resume} was written with other flags ({'; '.join(clashes)}); "
+                              f"pass the checkpoint's values or start a new run")
+
+
+def git_commit():
+    """HEAD of the code's repository, with ``+dirty`` when tracked files differ from it; None outside git."""
+    def git(*words):
+        return subprocess.run(["git", *words], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
