@@ -6,7 +6,7 @@
 import sys
 
 from checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state_from
-from cli import OneLineParser, UsageError, require_imb_factor, resolve_device
+from cli import HelpFormatter, OneLineParser, UsageError, require_imb_factor, resolve_device, settle_from_config
 from data_utils import CIFAR_NUM_CLASSES, DataError, get_img_num_per_cls, load_split, normalize
 from metrics import per_class_accuracy, predict, shot_accuracy, top1_accuracy
 from resnet import ResNet32
@@ -15,12 +15,17 @@ PROG = "MetaSAug_test.py"
 
 
 def build_parser():
-    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--checkpoint_path", required=True)
-    p.add_argument("--dataset", default="cifar10", choices=tuple(CIFAR_NUM_CLASSES))
-    p.add_argument("--imb_factor", type=float, default=0.1,
-                   help="imbalance of the training set, for the Many/Medium/Few groups")
-    p.add_argument("--num_meta", type=int, default=10, help="meta images per class used in training")
+    p.add_argument("--dataset", default=None, choices=tuple(CIFAR_NUM_CLASSES),
+                   help="default: the checkpoint's (cifar100, as the training scripts, for a released checkpoint)")
+    p.add_argument("--imb_factor", type=float, default=None,
+                   help="imbalance of the training set, for the Many/Medium/Few groups; default: the checkpoint's "
+                        "(0.005, as the training scripts, for a released checkpoint)")
+    p.add_argument("--num_meta", type=int, default=None,
+                   help="meta images per class used in training; default: the checkpoint's (10)")
+    p.add_argument("--num_classes", type=int, default=None,
+                   help="classes of the checkpoint's classifier; default: the checkpoint's (the dataset's)")
     p.add_argument("--data_root", default=None, help="test images (default data/<dataset>)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--gpu", type=int, default=0, help="CUDA device index")
@@ -29,18 +34,24 @@ def build_parser():
     return p
 
 
+# Flags a checkpoint of this repository records in its config; for one without (the authors'), these
+# defaults, the training scripts' own, apply where the flag is not given.
+RECORDED = {"dataset": "cifar100", "imb_factor": 0.005, "num_meta": 10, "num_classes": None}
+
+
 def evaluate(args):
+    checkpoint = load_checkpoint(args.checkpoint_path)
+    settle_from_config(args, checkpoint, RECORDED)
     require_imb_factor(args.imb_factor)
     args.data_root = args.data_root or f"data/{args.dataset}"
     device = resolve_device(args.device, args.gpu)
-    checkpoint = load_checkpoint(args.checkpoint_path)
-    num_classes = CIFAR_NUM_CLASSES[args.dataset]
+    num_classes = args.num_classes or CIFAR_NUM_CLASSES[args.dataset]
     model = ResNet32(num_classes)
     load_model_state(model, model_state_from(checkpoint))
     images, labels, class_names = load_split(args.data_root, "test", args.dataset, workers=args.workers)
     if len(class_names) != num_classes:
-        raise DataError(f"--data_root {args.data_root} holds {len(class_names)} test classes but --dataset "
-                        f"{args.dataset} has {num_classes}; point --data_root at {args.dataset}")
+        raise DataError(f"--data_root {args.data_root} holds {len(class_names)} test classes but the checkpoint's "
+                        f"classifier has {num_classes}; point --data_root at the {args.dataset} test images")
     if isinstance(checkpoint, dict) and "cls_num_list" in checkpoint:
         cls_num_list = checkpoint["cls_num_list"]
     else:

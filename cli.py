@@ -8,7 +8,6 @@ line and exit with code 2.
 import argparse
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -102,11 +101,69 @@ class StopRequest:
         self.signal = signum
 
 
-def report_interrupt(signum, state, unit, checkpoint_path):
-    """Tell how a run stopped on a signal and how to continue it; the exit code, 128 + signal."""
-    print(f"interrupted by signal {signum} at epoch {state.epoch}, {unit} {state.iteration}; checkpoint written. "
-          f"Resume with the same flags plus --resume {checkpoint_path}", file=sys.stderr, flush=True)
-    return 128 + signum
+def interrupt_message(signum, state, unit, checkpoint_path):
+    """How a run stopped on a signal (1-based epoch, as every line a person reads) and how to continue it."""
+    return (f"interrupted by signal {signum} in epoch {state.epoch + 1} after {unit} {state.iteration}; checkpoint "
+            f"written. Resume with the same flags plus --resume {checkpoint_path}")
+
+
+def duration(seconds):
+    """A duration as a person reads it: minutes below an hour, hours above."""
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def run_files(args, checkpoints):
+    """The files of the run --save_name that exist: its ``checkpoints``, and in --out_dir its record, log,
+    figures and TensorBoard events."""
+    out = Path(args.out_dir)
+    paths = list(checkpoints)
+    paths += [out / name for name in ("result.json", "train.log", "confusion_matrix.png", "covariance_spectrum.png")]
+    paths += sorted(out.glob("events.out.tfevents.*")) if out.is_dir() else []
+    return [path for path in paths if path.is_file()]
+
+
+def files_to_clear(args, checkpoints):
+    """Refuse to start over an existing run (a checkpoint or result.json) unless --resume continues it or
+    --overwrite replaces it; the files a fresh start deletes first: all with --overwrite, otherwise the
+    log, figures and events of an attempt that never finished an epoch."""
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues a run and --overwrite starts it afresh: pass one of them")
+    if args.resume:
+        return []
+    files = run_files(args, checkpoints)
+    kept = [path for path in files if path.name.endswith(".pth.tar") or path.name == "result.json"]
+    if kept and not args.overwrite:
+        last = checkpoints[0]
+        resume = f"continue it with --resume {last} or " if last.is_file() else ""
+        raise UsageError(f"run '{args.save_name}' already exists ({kept[0]}); {resume}start it afresh with "
+                         f"--overwrite, or choose another --save_name")
+    return files
+
+
+def clear_files(paths, name):
+    """Delete what files_to_clear found, saying so."""
+    for path in paths:
+        path.unlink()
+    if paths:
+        print(f"cleared {len(paths)} files of an earlier run '{name}': {', '.join(p.name for p in paths)}", flush=True)
+
+
+def settle_from_config(args, checkpoint, defaults):
+    """For an evaluation script: take each flag of ``defaults`` from the checkpoint's config when it records
+    it (a flag given otherwise is a UsageError), else from the flag, else from ``defaults``. Returns the
+    config (None for checkpoints without one, such as the authors': their flags decide, as released)."""
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    config = config if isinstance(config, dict) else None
+    for name, default in defaults.items():
+        given = getattr(args, name)
+        if config is not None and config.get(name) is not None:
+            if given is not None and given != config[name]:
+                raise UsageError(f"--{name} {given} contradicts the checkpoint, trained with --{name} "
+                                 f"{config[name]}; drop the flag")
+            setattr(args, name, config[name])
+        elif given is None:
+            setattr(args, name, default)
+    return config
 
 
 def flag_clashes(args, config, keys):

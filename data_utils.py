@@ -7,6 +7,7 @@ generators so that any epoch or batch can be re-derived for an exact resume.
 """
 import hashlib
 import random
+import shutil
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
@@ -118,18 +119,26 @@ def _cifar_source(root, dataset, download):
 
 
 def _load_cifar_split(root, split, dataset, download):
-    """Read one split through torchvision's CIFAR class (which checks the files' md5)."""
+    """Read one split through torchvision's CIFAR class (which checks the files' md5); a failed download
+    is a DataError and removes the folder it created."""
     cifar_class = _TORCHVISION_CIFAR[dataset]
+    created = not root.exists()
     try:
         data = cifar_class(root=str(root), train=split == 'train', download=download)
     except RuntimeError as err:
         raise DataError(f'{root / cifar_class.base_folder}: {err}') from err
+    except OSError as err:  # urllib's URLError and socket errors: no network, or the server refused
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        reason = getattr(err, 'reason', err)
+        raise DataError(f'--download could not fetch {dataset} ({reason}); without network, put the CIFAR '
+                        f'python files or an image-folder tree under --data_root {root}') from err
     images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
     return images, torch.tensor(data.targets, dtype=torch.int64), list(data.classes)
 
 
-def _load_folder_split(root, split, workers):
-    """Read data_root/<split>/<class>/* with classes in sorted-name order, files sorted by name."""
+def _class_dirs(root, split):
+    """data_root/<split>/<class> folders in sorted-name order (the class index)."""
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f'{split_dir} is missing; --data_root {root} needs {split}/<class>/ image folders')
@@ -137,6 +146,23 @@ def _load_folder_split(root, split, workers):
                         key=lambda p: p.name)
     if not class_dirs:
         raise DataError(f'{split_dir} holds no class folders; expected {split}/<class>/<image files>')
+    return class_dirs
+
+
+def count_classes(data_root, dataset=None, download=False):
+    """The number of classes load_split would find, without decoding an image (checks fail in a second)."""
+    root = Path(data_root)
+    if not root.is_dir() and not download:
+        raise DataError(f'--data_root {root} does not exist; extract the dataset there or pass --download')
+    cifar_name = _cifar_source(root, dataset, download)
+    if cifar_name is not None:
+        return CIFAR_NUM_CLASSES[cifar_name]
+    return len(_class_dirs(root, 'train'))
+
+
+def _load_folder_split(root, split, workers):
+    """Read data_root/<split>/<class>/* with classes in sorted-name order, files sorted by name."""
+    class_dirs = _class_dirs(root, split)
     paths, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         files = _image_files(class_dir)
@@ -257,14 +283,15 @@ def build_dataset(data_root, dataset='cifar10', num_meta=10, imb_factor=0.01, pr
     cut to a long tail with img_max = (smallest class's training images) - num_meta, which on
     balanced CIFAR equals the released (50000 - num_meta * C) / C (seed `imbalance_seed`).
     """
+    found = count_classes(data_root, dataset, download)
+    if num_classes is not None and num_classes != found:
+        raise DataError(f'--data_root {data_root} holds {found} classes but --num_classes is '
+                        f'{num_classes}; pass --num_classes {found} or fix the data')
     train_images, train_labels, class_names = load_split(data_root, 'train', dataset, download, workers)
     test_images, test_labels, test_names = load_split(data_root, 'test', dataset, download, workers)
     if test_names != class_names:
         raise DataError(f'train and test classes differ under --data_root {data_root} '
                         f'({class_names} vs {test_names}); give both splits the same class folders')
-    if num_classes is not None and num_classes != len(class_names):
-        raise DataError(f'--data_root {data_root} holds {len(class_names)} classes but --num_classes is '
-                        f'{num_classes}; pass --num_classes {len(class_names)} or fix the data')
     per_class = torch.bincount(train_labels, minlength=len(class_names)).tolist()
     _check_num_meta(num_meta, per_class, class_names)
 

@@ -6,7 +6,7 @@ from ``epoch + 1`` (the released off-by-one) while the lookahead uses ``epoch``.
 order and every batch's augmentation are derived from ``(seed, epoch, iteration)``, so a resumed
 run, mid-epoch included, repeats the uninterrupted one exactly.
 """
-import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -16,14 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import CheckpointError, RunState, load_checkpoint, load_model_state, save_checkpoint, save_json
-from cli import (OneLineParser, StopRequest, UsageError, check_resume, flag_clashes, git_commit, report_interrupt,
-                 require, require_imb_factor, require_rates, resolve_device, str2bool, training_config)
-from data_utils import (DataError, augment, batch_generator, build_dataset, epoch_batches, index_fingerprint,
-                        normalize, sample_meta_batch)
+from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, check_resume, clear_files, duration,
+                 files_to_clear, flag_clashes, git_commit, interrupt_message, require, require_imb_factor,
+                 require_rates, resolve_device, str2bool, training_config)
+from data_utils import (CIFAR_NUM_CLASSES, DataError, augment, batch_generator, build_dataset, epoch_batches,
+                        index_fingerprint, normalize, sample_meta_batch)
 from figures import confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
 from loss import MetaSAugLoss, classification_loss
 from meta_layers import LOOKAHEADS, META_GRADIENTS, MetaSAug, augmentation_ratio
-from methods import AUGMENTED, METHODS, method_help
+from methods import AUGMENTED, META_STEPPING, METHODS, method_help
 from metrics import evaluation_subset, per_class_accuracy, predict, shot_accuracy, top1_accuracy
 from resnet import ResNet32
 
@@ -54,12 +55,24 @@ def first_phase_loss(method, base, beta, max_m, gamma):
     return f"class-balanced (beta {beta}) {text}" if method == "cb" and beta else text
 
 
+THROUGHPUT = Path(__file__).with_name("tools") / "throughput.json"
+# What a second-phase epoch costs in plain-phase epochs where no measurement says better (MetaSAug's
+# forward-mode meta step: 4.3x on the CPU of tools/throughput.json; a conservative figure elsewhere).
+SECOND_PHASE_COST = 4.5
+
+
+def measured_throughput(device_type):
+    """Images/s measured on this project's machines (tools/throughput.json) for ``device_type``, or None."""
+    return json.loads(THROUGHPUT.read_text()).get(device_type) if THROUGHPUT.is_file() else None
+
+
 def build_parser(prog, description, losses):
-    p = OneLineParser(prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog=prog, description=description, formatter_class=HelpFormatter)
     released = p.add_argument_group("flags of the released script (same meaning and default)")
     released.add_argument("--dataset", default="cifar100", choices=("cifar10", "cifar100"))
     released.add_argument("--batch-size", dest="batch_size", type=int, default=100, help="training batch size")
-    released.add_argument("--num_classes", type=int, default=100)
+    released.add_argument("--num_classes", type=int, default=None,
+                          help="default: the dataset's (10 for cifar10, 100 for cifar100, as released)")
     released.add_argument("--num_meta", type=int, default=10, help="meta (validation) images per class")
     released.add_argument("--imb_factor", type=float, default=0.005,
                           help="smallest/largest class size: 0.01 is 'imbalance 100'")
@@ -108,6 +121,10 @@ def build_parser(prog, description, losses):
                        help="<save_name>_ckpt.pth.tar (last epoch) and <save_name>_best.pth.tar go here")
     added.add_argument("--out_dir", default=None, help="logs, TensorBoard, result.json (default runs/<save_name>)")
     added.add_argument("--resume", default=None, help="checkpoint to continue from (mid-epoch included)")
+    added.add_argument("--overwrite", action="store_true",
+                       help="start afresh over an existing run of this --save_name: deletes its checkpoints, "
+                            "result.json, train.log, figures and TensorBoard files (without it, an existing run "
+                            "is refused unless --resume continues it)")
     added.add_argument("--init_from", default=None,
                        help="start the second phase from another run's <save_name>_phase1.pth.tar (same first "
                             "phase: data, seed, schedule and first-phase loss must match); ends bit-identical "
@@ -133,6 +150,9 @@ def build_parser(prog, description, losses):
 
 
 def validate_args(args):
+    """Check the flags and fill the defaults that depend on others; UsageError on a value that cannot work."""
+    args.num_classes = args.num_classes or CIFAR_NUM_CLASSES[args.dataset]
+    args.out_dir = args.out_dir or str(Path("runs") / args.save_name)
     require(args, positive=("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq", "eval_every"),
             non_negative=("workers",), caps=("max_train_batches", "max_test_batches"))
     require_rates(args)
@@ -140,6 +160,31 @@ def validate_args(args):
     if args.first_phase_only and not 1 <= args.meta_start <= args.epochs:
         raise UsageError(f"--first_phase_only needs a first phase: 1 <= --meta_start <= --epochs, got "
                          f"--meta_start {args.meta_start} and --epochs {args.epochs}")
+
+
+def second_phase_warning(args):
+    """A line for a run whose second phase, the point of its --method, never comes (None when it does or
+    when the method has none: plain and cb train the same way every epoch)."""
+    if args.epochs > args.meta_start or args.method in ("plain", "cb"):
+        return None
+    return (f"warning: --epochs {args.epochs} <= --meta_start {args.meta_start}: the second phase of --method "
+            f"{args.method} never runs; lower --meta_start to train it")
+
+
+def run_checkpoints(args):
+    """The checkpoint files of the run --save_name: last, best and first phase."""
+    return [Path(args.checkpoint_dir) / f"{args.save_name}_{kind}.pth.tar" for kind in ("ckpt", "best", "phase1")]
+
+
+def estimated_seconds(args, first_epoch, end_epoch, epoch_seconds, evaluation_seconds):
+    """Seconds to train 0-based epochs [first_epoch, end_epoch) of ``args``' schedule, with ``epoch_seconds``
+    = (a first-phase epoch, a second-phase epoch) and ``evaluation_seconds`` per evaluation."""
+    total = 0.0
+    for epoch in range(first_epoch, end_epoch):
+        total += epoch_seconds[epoch >= args.meta_start]
+        if evaluates(epoch, args.epochs, args.meta_start, args.eval_every):
+            total += evaluation_seconds
+    return total
 
 
 def learning_rate(epoch, base_lr, milestones):
@@ -292,22 +337,92 @@ class Run:
         confusion = confusion_matrix(predictions, labels, self.args.num_classes)
         return top1_accuracy(predictions, labels), per_class, confusion
 
+    def log(self, message, error=False):
+        """A line for the person watching: stdout (stderr for ``error``) and the run's train.log."""
+        print(message, file=sys.stderr if error else sys.stdout, flush=True)
+        with open(self.out_dir / "train.log", "a") as handle:
+            handle.write(message + "\n")
+
+    def phase_name(self, epoch):
+        method, second = self.args.method, epoch >= self.args.meta_start
+        if method in AUGMENTED:
+            return {"metasaug": "MetaSAug", "metasaug_no_reweight": "MetaSAug w/o re-weighting",
+                    "isda": "ISDA"}[method] if second else "plain CE"
+        return "deferred re-weighting" if method == "drw" and second else self.args.loss
+
+    def epoch_seconds(self):
+        """(first-phase epoch, second-phase epoch, evaluation) seconds: this run's averages where it has timed
+        them, otherwise derived from what it has (a second-phase epoch costs SECOND_PHASE_COST plain ones for
+        the meta-stepping methods, one for the others) or from tools/throughput.json."""
+        args, history = self.args, [h for h in self.state.history if "train_time_s" in h]
+
+        def mean(values):
+            return sum(values) / len(values) if values else None
+        first = mean([h["train_time_s"] for h in history if h["epoch"] < args.meta_start])
+        second = mean([h["train_time_s"] for h in history if h["epoch"] >= args.meta_start])
+        evaluation = mean([h["eval_time_s"] for h in history if "eval_time_s" in h])
+        cost = SECOND_PHASE_COST if args.method in META_STEPPING else 1.0
+        measured = measured_throughput(self.device.type)
+        images, test_images = self.epoch_images()
+        if measured:
+            cost = measured["plain"] / measured["metasaug"] if args.method in META_STEPPING else 1.0
+        if first is None and second is None and measured:
+            first = images / measured["plain"]
+        first = first if first is not None else (second / cost if second is not None else None)
+        second = second if second is not None else (first * cost if first is not None else None)
+        if evaluation is None and first is not None:
+            rate = measured["evaluation"] / measured["plain"] if measured else 3.0  # a forward pass vs a step
+            evaluation = first * test_images / images / rate
+        return first, second, evaluation
+
+    def epoch_images(self):
+        """(training images per epoch, test images per evaluation) under the caps."""
+        args = self.args
+        images = len(self.data.train_labels)
+        if args.max_train_batches:
+            images = min(images, args.max_train_batches * args.batch_size)
+        return images, len(evaluation_subset(len(self.data.test_labels), args.test_batch_size, args.max_test_batches))
+
+    def remaining_seconds(self, next_epoch, last_epoch=None):
+        """Seconds to train 0-based epochs next_epoch .. last_epoch - 1 (default: to the end), per phase."""
+        first, second, evaluation = self.epoch_seconds()
+        if first is None:
+            return None
+        return estimated_seconds(self.args, next_epoch, last_epoch or self.last_epoch, (first, second), evaluation)
+
+    @property
+    def last_epoch(self):
+        """The 0-based epoch this invocation stops before: the end, or the first phase's end."""
+        return self.args.meta_start if self.args.first_phase_only else self.args.epochs
+
     def fit(self, stop):
         args, state = self.args, self.state
         self.out_dir.mkdir(parents=True, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(self.out_dir))
         started = time.time() - state.elapsed
-        print(f"training {len(self.data.train_labels)} images per epoch, class counts {self.data.cls_num_list}, "
-              f"meta set {len(self.data.meta_labels)}, test {len(self.data.test_labels)}, device {self.device}",
-              flush=True)
-        for epoch in range(state.epoch, args.epochs):
+        images, test_images = self.epoch_images()
+        self.log(f"training {len(self.data.train_labels)} images per epoch, class counts {self.data.cls_num_list}, "
+                 f"meta set {len(self.data.meta_labels)}, test {test_images}, device {self.device}")
+        if args.resume:
+            self.log(f"resumed at epoch {state.epoch + 1}, iteration {state.iteration + 1} from {args.resume}")
+        elif args.init_from:
+            self.log(f"branching at epoch {state.epoch + 1} from the first phase in {args.init_from}")
+        total = self.remaining_seconds(state.epoch)
+        if total is not None:
+            source = ("this run's own timing" if any("train_time_s" in h for h in state.history) else
+                      f"the throughput measured on {measured_throughput(self.device.type)['machine']} "
+                      f"(tools/throughput.json); the ETA of each epoch line uses this run's timing")
+            self.log(f"expected: about {duration(total)} for epochs {state.epoch + 1}-{self.last_epoch} "
+                     f"({', '.join(self.phase_plan(state.epoch))}), from {source}")
+        for epoch in range(state.epoch, self.last_epoch):
             lr, lookahead_lr, ratio = self.schedule(epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             batches = epoch_batches(len(self.data.train_labels), args.batch_size, args.seed, epoch,
                                     device=self.device)[:args.max_train_batches]
             losses = []
+            tick = time.time()
             for iteration in range(state.iteration, len(batches)):
                 loss, correct, seen = self.train_step(epoch, iteration, batches[iteration], lookahead_lr, ratio)
                 losses.append(loss)
@@ -315,17 +430,28 @@ class Run:
                 if state.iteration % args.print_freq == 0 or stop.signal is not None:
                     self._check_finite(losses, epoch, iteration + 1 - len(losses))
                     losses = []
-                    print(f"  epoch {epoch} iter {iteration + 1}/{len(batches)} loss {loss.item():.4f}", flush=True)
+                    self.log(f"  epoch {epoch + 1} iter {iteration + 1}/{len(batches)} loss {loss.item():.4f}")
                 if stop.signal is not None:
+                    state.epoch_time += time.time() - tick
                     return self._interrupted(stop.signal, started)
             self._check_finite(losses, epoch, len(batches) - len(losses))
+            state.epoch_time += time.time() - tick
             self._end_epoch(epoch, lr, started, writer)
-            if args.first_phase_only and epoch == args.meta_start - 1:
-                writer.close()
-                print(f"first phase done: branch runs from it with --init_from {self.phase1_path}", flush=True)
-                return 0
         writer.close()
+        if args.first_phase_only:
+            self.log(f"first phase done (epochs 1-{args.meta_start}): branch runs from it with --init_from "
+                     f"{self.phase1_path}")
+            return 0
         return self._write_result(started)
+
+    def phase_plan(self, first_epoch):
+        """The phases of 0-based epochs first_epoch .. last_epoch - 1, as "epochs 1-160 plain CE" parts."""
+        parts, start = [], first_epoch
+        for epoch in range(first_epoch, self.last_epoch + 1):
+            if epoch == self.last_epoch or self.phase_name(epoch) != self.phase_name(start):
+                parts.append(f"epochs {start + 1}-{epoch} {self.phase_name(start)}")
+                start = epoch
+        return parts
 
     def _check_finite(self, losses, epoch, first_iteration):
         if not losses:
@@ -333,7 +459,7 @@ class Run:
         finite = torch.isfinite(torch.stack(losses))
         if not finite.all():
             bad = first_iteration + int((~finite).nonzero()[0]) + 1  # counted from 1, as in "iter k/N"
-            raise FloatingPointError(f"non-finite training loss at epoch {epoch}, iteration {bad}; "
+            raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, iteration {bad}; "
                                      f"stopped, the last good checkpoint {self.last_path} is kept "
                                      f"(try a lower --lr or --lam)")
 
@@ -342,11 +468,14 @@ class Run:
         loss_sum, correct, seen = state.epoch_sums
         train_loss, train_acc = float(loss_sum) / seen, 100.0 * float(correct) / seen
         spectrum = self._covariance_spectrum()
-        entry = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, covariance_spectrum=spectrum)
+        entry = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, covariance_spectrum=spectrum,
+                     train_time_s=state.epoch_time, images_per_s=float(seen) / max(state.epoch_time, 1e-9))
         is_best = False
         if evaluates(epoch, args.epochs, args.meta_start, args.eval_every):
+            tick = time.time()
             top1, per_class, confusion = self.evaluate()
-            is_best = top1 > state.best_acc1
+            entry["eval_time_s"] = time.time() - tick
+            is_best = state.best_epoch is None or top1 > state.best_acc1
             if is_best:
                 state.best_acc1, state.best_epoch = top1, epoch
             shots = shot_accuracy(per_class, self.data.cls_num_list)
@@ -355,20 +484,22 @@ class Run:
             entry.update(test_top1=top1, per_class_accuracy=per_class, shot_accuracy=shots,
                          confusion_matrix=confusion.tolist())
         state.end_epoch(entry, time.time() - started)
-        elapsed = state.elapsed
-        eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
-        test = (f"test top-1 {entry['test_top1']:.2f} (best {state.best_acc1:.2f})" if "test_top1" in entry
-                else "not evaluated")
-        print(f"Epoch {epoch + 1}/{args.epochs} | loss {train_loss:.4f} | train acc {train_acc:.2f} | "
-              f"{test} | lr {lr:g} | elapsed {elapsed / 60:.1f} min | ETA {eta / 60:.1f} min", flush=True)
-        scalars = [("train/loss", train_loss), ("train/accuracy", train_acc), ("lr", lr)]
+        remaining = self.remaining_seconds(epoch + 1)
+        test = (f"test top-1 {entry['test_top1']:.2f} (best {state.best_acc1:.2f}, epoch {state.best_epoch + 1})"
+                if "test_top1" in entry else "not evaluated")
+        self.log(f"Epoch {epoch + 1}/{args.epochs} {self.phase_name(epoch)} | loss {train_loss:.4f} | train acc "
+                 f"{train_acc:.2f} | {test} | lr {lr:g} | {entry['images_per_s']:.0f} img/s | elapsed "
+                 f"{duration(state.elapsed)} | ETA {duration(remaining or 0)}")
+        step = epoch + 1  # TensorBoard's x axis: the 1-based epoch, as printed
+        scalars = [("train/loss", train_loss), ("train/accuracy", train_acc), ("lr", lr),
+                   ("train/images_per_s", entry["images_per_s"])]
         if "test_top1" in entry:
             scalars += [("test/top1", entry["test_top1"]),
                         *((f"test/{k}_shot", v) for k, v in entry["shot_accuracy"].items() if v is not None)]
-            self._write_confusion(epoch, confusion, writer)
+            self._write_confusion(step, confusion, writer)
         for name, value in scalars:
-            writer.add_scalar(name, value, epoch)
-        self._write_spectrum(epoch, spectrum, writer)
+            writer.add_scalar(name, value, step)
+        self._write_spectrum(step, spectrum, writer)
         writer.flush()
         checkpoint = self._checkpoint()
         save_checkpoint(checkpoint, self.last_path)
@@ -387,45 +518,51 @@ class Run:
             spectrum["meta_learned"] = top_singular_values(self.meta.learned_covariance[self.rarest])
         return spectrum
 
-    def _write_confusion(self, epoch, confusion, writer):
-        """Fig. 4 as a PNG file in --out_dir (overwritten at each evaluation) and in TensorBoard."""
+    def _write_confusion(self, step, confusion, writer):
+        """Fig. 4 of 1-based epoch ``step`` as a PNG file in --out_dir (overwritten at each evaluation) and
+        in TensorBoard."""
         image = save_confusion_png(confusion, self.data.class_names, self.out_dir / "confusion_matrix.png",
-                                   f"confusion matrix (%), epoch {epoch + 1}; rows: true class")
-        writer.add_image("figures/confusion_matrix", np.asarray(image), epoch, dataformats="HWC")
+                                   f"confusion matrix (%), epoch {step}")
+        writer.add_image("figures/confusion_matrix", np.asarray(image), step, dataformats="HWC")
 
-    def _write_spectrum(self, epoch, spectrum, writer):
-        """Fig. 2 as a PNG file in --out_dir (overwritten each epoch) and in TensorBoard."""
+    def _write_spectrum(self, step, spectrum, writer):
+        """Fig. 2 of 1-based epoch ``step`` as a PNG file in --out_dir (overwritten each epoch) and in TensorBoard."""
         for name, values in spectrum.items():
             for i, value in enumerate(values):
-                writer.add_scalar(f"covariance_rarest_class/{name}_s{i + 1}", value, epoch)
+                writer.add_scalar(f"covariance_rarest_class/{name}_s{i + 1}", value, step)
         if spectrum:
             save_spectrum_png(spectrum, self.out_dir / "covariance_spectrum.png",
-                              f"rarest class '{self.data.class_names[self.rarest]}': top-5 singular values / max, "
-                              f"epoch {epoch + 1}")
+                              f"rarest class '{self.data.class_names[self.rarest]}', epoch {step}")
 
     def _interrupted(self, signum, started):
         self.state.elapsed = time.time() - started
         save_checkpoint(self._checkpoint(), self.last_path)
-        return report_interrupt(signum, self.state, "iteration", self.last_path)
+        self.log(interrupt_message(signum, self.state, "iteration", self.last_path), error=True)
+        return 128 + signum
 
     def _write_result(self, started):
         args, state = self.args, self.state
-        final = state.history[-1]
-        best = next((h for h in state.history if h["epoch"] == state.best_epoch), final)
+        history = [dict(h, epoch=h["epoch"] + 1) for h in state.history]  # 1-based, as printed
+        final = history[-1]
+        best_epoch = None if state.best_epoch is None else state.best_epoch + 1
+        best = next((h for h in history if h["epoch"] == best_epoch), final)
         result = dict(config=vars(args), commit=state.commits[0], commits=state.commits, seed=args.seed,
                       base_loss=args.loss, device=str(self.device), cls_num_list=self.data.cls_num_list,
                       train_index_sha256=self.train_index_sha256, class_names=self.data.class_names,
+                      epoch_numbering="1-based: epoch 1 is the first epoch trained, final_epoch = --epochs; "
+                                      "best_epoch, evaluated_epochs and history[].epoch likewise",
                       final_epoch=final["epoch"], final_top1_error=100 - final["test_top1"],
                       best_epoch=best["epoch"], best_top1_error=100 - best["test_top1"],
                       per_class_accuracy=final["per_class_accuracy"], shot_accuracy=final["shot_accuracy"],
                       best_per_class_accuracy=best["per_class_accuracy"], best_shot_accuracy=best["shot_accuracy"],
                       confusion_matrix=final["confusion_matrix"], covariance_spectrum=final["covariance_spectrum"],
-                      evaluated_epochs=[h["epoch"] for h in state.history if "test_top1" in h],
-                      wall_time_s=time.time() - started, history=state.history)
+                      evaluated_epochs=[h["epoch"] for h in history if "test_top1" in h],
+                      test_images=self.epoch_images()[1], test_set_images=len(self.data.test_labels),
+                      wall_time_s=time.time() - started, history=history)
         path = self.out_dir / "result.json"
         save_json(result, path)
-        print(f"final top-1 error {result['final_top1_error']:.2f} (epoch {final['epoch'] + 1}), "
-              f"best {result['best_top1_error']:.2f} (epoch {best['epoch'] + 1}); wrote {path}", flush=True)
+        self.log(f"final top-1 error {result['final_top1_error']:.2f} (epoch {final['epoch']}), "
+                 f"best {result['best_top1_error']:.2f} (epoch {best['epoch']}); wrote {path}")
         return 0
 
 
@@ -434,6 +571,10 @@ def main(prog, description, losses, argv=None):
     try:
         validate_args(args)
         resolve_device("cpu" if args.no_cuda else args.device, args.gpu)
+        stale = files_to_clear(args, run_checkpoints(args))
+        warning = second_phase_warning(args)
+        if warning:
+            print(f"{prog}: {warning}", file=sys.stderr, flush=True)
         resume_state = init_state = None
         if args.resume:
             resume_state = load_checkpoint(args.resume)
@@ -446,6 +587,7 @@ def main(prog, description, losses, argv=None):
                              args.num_classes, args.download, args.workers)
         run = Run(args, data, resume_state, init_state)
         del resume_state, init_state
+        clear_files(stale, args.save_name)
         return run.fit(StopRequest())
     except (UsageError, DataError, CheckpointError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

@@ -19,29 +19,36 @@ sys.path.append(str(HERE.parent))  # the repository's shared modules
 import torch  # noqa: E402
 
 from checkpoint import CheckpointError, load_checkpoint, save_json  # noqa: E402
-from cli import HelpFormatter, OneLineParser, UsageError, one_line, require, resolve_device  # noqa: E402
+from cli import HelpFormatter, OneLineParser, UsageError, one_line, require, resolve_device, settle_from_config  # noqa: E402
 from dataloader import DATASETS, DataError, load_data  # noqa: E402
 from dist_utils import init_distributed, launched_world, shutdown  # noqa: E402
 from evaluation import evaluate, format_shots  # noqa: E402
 from networks import ARCHS, FeatureClassifier, load_weights  # noqa: E402
 
 PROG = "ImageNet_iNat/test.py"
+# Flags a training checkpoint of this repository records (a flag that contradicts it is an error); for
+# the authors' and cRT's checkpoints, which record none, the flags decide, with these defaults.
+RECORDED = {"dataset": "ImageNet_LT", "arch": "resnet50", "num_classes": None, "image_size": 224}
 
 
 def build_parser():
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                       formatter_class=HelpFormatter)
     p.add_argument("--loading_path", required=True, help="checkpoint to evaluate")
-    p.add_argument("--dataset", default="iNaturalist18", choices=tuple(DATASETS), help="the long-tailed set")
-    p.add_argument("--num_classes", type=int, default=None, help="default: the dataset's (1000 / 8142 / 5089)")
+    p.add_argument("--dataset", default=None, choices=tuple(DATASETS),
+                   help="the long-tailed set; default: the checkpoint's, else ImageNet_LT (as scripts/test.sh)")
+    p.add_argument("--num_classes", type=int, default=None,
+                   help="default: the checkpoint's, else the dataset's (1000 / 8142 / 5089)")
     p.add_argument("--data_root", default=None, help="image root of the split files (default data/<dataset>)")
     p.add_argument("--split_dir", default=str(HERE / "data"),
                    help="folder of the split files (default ImageNet_iNat/data)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
-    p.add_argument("--arch", default="resnet50", choices=ARCHS, help="resnet18: tests only")
+    p.add_argument("--arch", default=None, choices=ARCHS,
+                   help="default: the checkpoint's, else resnet50 (resnet18: tests only)")
     p.add_argument("--test_batch_size", type=int, default=512, help="global evaluation batch size")
     p.add_argument("--workers", type=int, default=8, help="DataLoader processes per process")
-    p.add_argument("--image_size", type=int, default=224, help="crop size (test resize: image_size * 256/224)")
+    p.add_argument("--image_size", type=int, default=None,
+                   help="crop size (test resize: image_size * 256/224); default: the checkpoint's, else 224")
     p.add_argument("--amp", action="store_true", help="bf16 autocast of the backbone (CUDA only)")
     p.add_argument("--max_test_batches", type=int, default=None, help="cap on evaluation batches (smoke runs)")
     p.add_argument("--out_json", default=None, help="also write the figures to this JSON file (rank 0)")
@@ -50,11 +57,12 @@ def build_parser():
 
 def run(args, ctx_holder):
     world_size, rank, local_rank = launched_world()
+    checkpoint = load_checkpoint(args.loading_path)
+    settle_from_config(args, checkpoint, RECORDED)
     require(args, positive=("test_batch_size", "image_size"), non_negative=("workers",), caps=("max_test_batches",))
     args.num_classes = args.num_classes or DATASETS[args.dataset].num_classes
     args.data_root = args.data_root or str(Path("data") / args.dataset)
     device = resolve_device(args.device, local_rank % max(torch.cuda.device_count(), 1))
-    checkpoint = load_checkpoint(args.loading_path)
     model = FeatureClassifier(args.arch, args.num_classes, frozen=True, amp=args.amp)
     layout = load_weights(model, checkpoint, args.loading_path, args.num_classes)
     del checkpoint

@@ -23,8 +23,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint, save_json  # noqa: E402
-from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, check_resume, git_commit,  # noqa: E402
-                 one_line, report_interrupt, require, require_rates, resolve_device, str2bool)
+from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, check_resume, clear_files,  # noqa: E402
+                 duration, files_to_clear, git_commit, interrupt_message, one_line, require, require_rates,
+                 resolve_device, str2bool)
 from dataloader import DATASETS, DataError, epoch_train_keys, load_data, step_meta_indices, step_meta_keys  # noqa: E402
 from dist_utils import (GlobalBatchEstimatorCV, average_gradients, broadcast_from_rank0,  # noqa: E402
                         gather_equal, init_distributed, launched_world, max_deviation_from_rank0,
@@ -51,7 +52,8 @@ def build_parser():
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                       formatter_class=HelpFormatter)
     released = p.add_argument_group("flags of the released script (defaults: the published recipe)")
-    released.add_argument("--dataset", default="iNaturalist18", choices=tuple(DATASETS), help="the long-tailed set")
+    released.add_argument("--dataset", default="ImageNet_LT", choices=tuple(DATASETS),
+                          help="the long-tailed set (default as scripts/train.sh and the released ImageNet-LT command)")
     released.add_argument("--data_root", default=None,
                           help="folder the split files' relative image paths start from (default data/<dataset>)")
     released.add_argument("--batch_size", type=int, default=None,
@@ -112,6 +114,10 @@ def build_parser():
                        help="<save_name>_ckpt.pth.tar, rewritten at the end of every epoch")
     added.add_argument("--out_dir", default=None, help="log, TensorBoard, result.json (default runs/<save_name>)")
     added.add_argument("--resume", default=None, help="checkpoint of this script to continue from")
+    added.add_argument("--overwrite", action="store_true",
+                       help="start afresh over an existing run of this --save_name (deletes its checkpoint, "
+                            "result.json, train.log and TensorBoard files); without it such a run is refused "
+                            "unless --resume continues it")
     added.add_argument("--max_train_batches", type=int, default=None, help="cap on steps per epoch (smoke runs)")
     added.add_argument("--max_test_batches", type=int, default=None, help="cap on evaluation batches (smoke runs)")
     return p
@@ -216,9 +222,12 @@ class Run:
         self.last_eval = None
 
     # -- logging helpers ---------------------------------------------------------------------
-    def log(self, message):
+    def log(self, message, error=False):
+        """Rank 0's lines for the person watching: stdout (stderr for ``error``) and the run's train.log."""
         if self.ctx.is_main:
-            print(message, flush=True)
+            print(message, file=sys.stderr if error else sys.stdout, flush=True)
+            with open(Path(self.args.out_dir) / "train.log", "a") as handle:
+                handle.write(message + "\n")
 
     # -- one step ----------------------------------------------------------------------------
     def _to_device(self, x, y):
@@ -249,7 +258,7 @@ class Run:
         else:
             stop_count, bad_count = sum_over_ranks(self.ctx, *flags)
         if bad_count:
-            raise FloatingPointError(f"non-finite training loss at epoch {epoch}, step {step + 1} on "
+            raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}, step {step + 1} on "
                                      f"{int(bad_count)} rank(s); stopped, the last checkpoint "
                                      f"{self.checkpoint_path} is kept (try a lower --lr or --lam)")
         self.optimizer.step()
@@ -306,6 +315,8 @@ class Run:
         self.log(f"stage {args.stage} | {args.dataset} | {len(self.data.train)} training images, "
                  f"{len(self.data.meta)} meta, {len(self.data.evaluation)} evaluation | {ctx.world_size} "
                  f"process(es) on {self.device.type}, {self.per_rank} images per process and step")
+        if state.epoch or state.iteration:
+            self.log(f"resumed at epoch {state.epoch + 1}, step {state.iteration + 1} from {args.resume}")
         for epoch in range(state.epoch, args.epochs):
             lr, lookahead_lr, ratio = self.schedule(epoch)
             for group in self.optimizer.param_groups:
@@ -324,8 +335,8 @@ class Run:
             for step, batch in enumerate(make_loader(self.images, steps, args.workers, self.device), start=first):
                 loss, correct, seen, stopping = self.train_step(batch, epoch, step, lookahead_lr, ratio, stop)
                 state.add_batch(loss, correct, seen)
-                if ctx.is_main and ((step + 1) % args.print_freq == 0 or stopping):
-                    print(f"  epoch {epoch} step {step + 1}/{len(batches)} loss {loss:.4f}", flush=True)
+                if (step + 1) % args.print_freq == 0 or stopping:
+                    self.log(f"  epoch {epoch + 1} step {step + 1}/{len(batches)} loss {loss:.4f}")
                 if stopping:
                     state.epoch_time += time.time() - tick
                     return self._interrupted(stop, started, writer)
@@ -366,15 +377,15 @@ class Run:
             return
         done = epoch + 1 - self.first_epoch
         eta = state.elapsed / max(done, 1) * (args.epochs - epoch - 1)
-        print(f"Epoch {epoch + 1}/{args.epochs} | loss {entry['train_loss']:.4f} | train acc {entry['train_acc']:.2f} "
-              f"| test top-1 {result['top1']:.2f} (many/medium/few {format_shots(result['shots'])}) | lr {lr:g} | "
-              f"{entry['images_per_s'] or 0:.1f} images/s | elapsed {state.elapsed / 60:.1f} min | "
-              f"ETA {eta / 60:.1f} min", flush=True)
+        self.log(f"Epoch {epoch + 1}/{args.epochs} | loss {entry['train_loss']:.4f} | train acc "
+                 f"{entry['train_acc']:.2f} | test top-1 {result['top1']:.2f} (many/medium/few "
+                 f"{format_shots(result['shots'])}) | lr {lr:g} | {entry['images_per_s'] or 0:.1f} img/s | elapsed "
+                 f"{duration(state.elapsed)} | ETA {duration(eta)}")
         scalars = {"train/loss": entry["train_loss"], "train/accuracy": entry["train_acc"], "test/top1": result["top1"],
                    "lr": lr, "train/images_per_s": entry["images_per_s"] or 0.0}
         scalars.update({f"test/{k}_shot": v for k, v in result["shots"].items() if v is not None})
         for name, value in scalars.items():
-            writer.add_scalar(name, value, epoch)
+            writer.add_scalar(name, value, epoch + 1)  # the 1-based epoch, as printed
         writer.flush()
         save_checkpoint(self._checkpoint(), self.checkpoint_path)
 
@@ -398,7 +409,8 @@ class Run:
             return 128 + (stop.signal or 15)
         save_checkpoint(self._checkpoint(), self.checkpoint_path)
         writer.close()
-        return report_interrupt(stop.signal or 15, self.state, "step", self.checkpoint_path)
+        self.log(interrupt_message(stop.signal or 15, self.state, "step", self.checkpoint_path), error=True)
+        return 128 + (stop.signal or 15)
 
     def _finish(self, started, writer):
         args, state = self.args, self.state
@@ -408,13 +420,15 @@ class Run:
         if not self.ctx.is_main:
             return 0
         writer.close()
-        history = state.history
+        history = [dict(h, epoch=h["epoch"] + 1) for h in state.history]  # 1-based, as printed
         final = history[-1]
         images = sum(h["train_images"] for h in history)
         train_time = sum(h["train_time_s"] for h in history)
         result = dict(config=vars(args), commit=state.commits[0], commits=state.commits, seed=args.seed, stage=args.stage,
                       dataset=args.dataset, arch=args.arch, world_size=self.ctx.world_size,
                       device=self.device.type, cls_num_list=self.data.cls_num_list,
+                      epoch_numbering="1-based: epoch 1 is the first epoch trained, final_epoch = --epochs; "
+                                      "history[].epoch likewise",
                       final_epoch=final["epoch"], final_top1=final["test_top1"],
                       final_top1_error=100 - final["test_top1"],
                       per_class_accuracy=self.last_eval["per_class"], shot_accuracy=final["shot_accuracy"],
@@ -425,9 +439,8 @@ class Run:
                       checkpoint=str(self.checkpoint_path), history=history)
         path = Path(args.out_dir) / "result.json"
         save_json(result, path)
-        print(f"final top-1 error {result['final_top1_error']:.2f} (epoch {final['epoch'] + 1}), "
-              f"{result['train_images_per_s'] or 0:.1f} training images/s; wrote {path} and {self.checkpoint_path}",
-              flush=True)
+        self.log(f"final top-1 error {result['final_top1_error']:.2f} (epoch {final['epoch']}), "
+                 f"{result['train_images_per_s'] or 0:.1f} training images/s; wrote {path} and {self.checkpoint_path}")
         return 0
 
 
@@ -438,6 +451,7 @@ def main(argv=None):
     try:
         resolve_args(args, world_size)
         device = resolve_device(args.device, local_rank % max(torch.cuda.device_count(), 1))
+        stale = files_to_clear(args, [Path(args.checkpoint_dir) / f"{args.save_name}_ckpt.pth.tar"])
         data = load_data(args.dataset, args.data_root, args.split_dir, args.num_classes, args.num_meta,
                          args.image_size)
         resume_state = init_state = None
@@ -450,6 +464,8 @@ def main(argv=None):
         ctx = init_distributed(device)
         run = Run(args, data, ctx, resume_state, init_state)
         del resume_state, init_state
+        if ctx.is_main:
+            clear_files(stale, args.save_name)
         return run.fit(StopRequest())
     except (UsageError, DataError, CheckpointError) as error:
         prefix = f"[rank {rank}] " if world_size > 1 else ""

@@ -149,3 +149,11 @@ def assert_tensors_equal(a, b, where):
             assert_tensors_equal(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+TIMING_KEYS = ("train_time_s", "eval_time_s", "images_per_s")
+
+
+def untimed(history):
+    """A run's history without its wall-clock figures (which differ between two equal runs)."""
+    return [{k: v for k, v in entry.items() if k not in TIMING_KEYS} for entry in history]

@@ -336,7 +336,7 @@ def test_launcher_ends_with_the_failing_workers_own_line(tree, crt, tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert "ChildFailedError" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert re.match(r"ImageNet_iNat/train\.py: error: non-finite training loss at epoch 1, step 1 ", lines[-2]), lines
+    assert re.match(r"ImageNet_iNat/train\.py: error: non-finite training loss at epoch 2, step 1 ", lines[-2]), lines
     report = re.fullmatch(r"\(torchrun's report: (\S+)\)", lines[-1])
     assert report and "ChildFailedError" in open(report.group(1)).read()
 
@@ -399,6 +399,22 @@ def test_result_checkpoint_and_test_script(distributed_runs, tree):
     assert tested["top1_error"] == pytest.approx(result["final_top1_error"])
     assert tested["per_class_accuracy"] == pytest.approx(result["per_class_accuracy"], nan_ok=True)
     assert tested["evaluated_images"] == TEST_PER_CLASS * NUM_CLASSES
+    # Without --arch, --num_classes, --image_size, --dataset: all read from the checkpoint's config
+    minimal = ["--data_root", tree["images"], "--split_dir", tree["splits"], "--device", "cpu", "--workers", 0]
+    run_script("test.py", minimal + ["--loading_path", ckpt_path(out, "sync"), "--out_json", summary])
+    assert json.loads(summary.read_text())["top1_error"] == pytest.approx(result["final_top1_error"])
+
+
+def test_test_script_refuses_flags_that_contradict_the_checkpoint(distributed_runs, tree, tmp_path, capsys):
+    checkpoint = ckpt_path(distributed_runs["out"], "sync")
+    for flag, value, trained in (("--image_size", 64, 32), ("--arch", "resnet50", "resnet18"),
+                                 ("--num_classes", 5, 4)):
+        args = [str(a) for a in data_flags(tree) + ["--loading_path", checkpoint, flag, value]]
+        assert lt_test.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"ImageNet_iNat/test.py: error: {flag} {value} contradicts the checkpoint, trained with "
+                       f"{flag} {trained}; drop the flag"]
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +459,7 @@ def test_interrupt_and_resume_is_exact(chain, tree):
     proc = subprocess.Popen(script_command("train.py", flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV)
     for line in proc.stdout:
-        if line.startswith("  epoch 0 step 1/"):
+        if line.startswith("  epoch 1 step 1/"):
             proc.send_signal(signal.SIGTERM)
             break
     stdout, stderr = proc.communicate(timeout=TIMEOUT)

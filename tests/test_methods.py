@@ -1,4 +1,6 @@
 """Baselines and ablations (--method), the per-run figures and the report."""
+import csv
+import io
 import json
 
 import pytest
@@ -62,16 +64,54 @@ def test_covariance_spectrum_and_figures(runs):
         assert (base / "out" / "covariance_spectrum.png").exists() == bool(expected)
 
 
-def test_report_lists_runs_beside_the_paper_and_marks_missing(runs, capsys):
+def test_report_prints_only_what_has_runs(runs, capsys):
     root, _ = runs
-    assert report.main([str(root / "runs"), "--table", "all"]) == 0
+    assert report.main([str(root / "runs")]) == 0
     text = capsys.readouterr().out
     assert "6 runs under" in text
-    assert "| Cross-entropy training |" in text and "paper 29.86" in text
-    assert "missing" in text
+    assert "| Cross-entropy training |" in text and "paper 13.82" in text  # imbalance 10 (imb_factor 0.1)
+    assert "missing" not in text and "Table 2" not in text and "imbalance 100" not in text
     table5 = text.split("Table 5")[1]
     assert "| MetaSAug w/o meta-learning |" in table5 and "| MetaSAug |" in table5
-    assert "final " in table5 and "best " in table5 and "(n=1)" in table5
+    assert "**" in table5 and "(best " in table5 and "n=1)" in table5
+    assert "test images 40" in text and "†" not in text  # the whole (tiny) test set
+
+
+def test_report_all_shows_the_paper_grid(runs, capsys):
+    root, _ = runs
+    assert report.main([str(root / "runs"), "--all"]) == 0
+    text = capsys.readouterr().out
+    assert "missing · paper 29.86" in text and "Table 2" in text and "imbalance 200" in text
+
+
+def test_report_csv_and_latex(runs, capsys):
+    root, _ = runs
+    assert report.main([str(root / "runs"), "--table", "table1", "--format", "csv"]) == 0
+    lines = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {line["row"] for line in lines} == {"Cross-entropy training", "Class-balanced cross-entropy loss",
+                                              "MetaSAug with cross-entropy loss", "CE-DRW"}
+    ce = next(line for line in lines if line["row"] == "Cross-entropy training")
+    assert ce["imbalance"] == "10" and ce["n"] == "1" and ce["paper"] == "13.82" and ce["partial_test_set"] == "0"
+    assert float(ce["delta_final_minus_paper"]) == pytest.approx(float(ce["final_mean"]) - 13.82, abs=1e-3)
+    assert report.main([str(root / "runs"), "--table", "table5", "--format", "latex"]) == 0
+    text = capsys.readouterr().out
+    assert "\\begin{tabular}{lc}" in text and "MetaSAug w/o meta-learning &" in text
+
+
+def test_report_marks_partial_test_sets_and_refuses_mixed_subsets(runs, tmp_path, capsys):
+    root, results = runs
+    base = json.loads((results["plain"][0] / "out" / "result.json").read_text())
+    partial = dict(base, test_images=16)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "result.json").write_text(json.dumps(partial))
+    assert report.main([str(tmp_path), "--table", "table1"]) == 0
+    text = capsys.readouterr().out
+    assert "test images 16 of 40 †" in text and "n=1) †" in text
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "result.json").write_text(json.dumps(dict(partial, seed=7, train_index_sha256="0" * 64)))
+    assert report.main([str(tmp_path), "--table", "table1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different long-tail subsets" in err
 
 
 def test_report_rejects_a_missing_folder(tmp_path, capsys):

@@ -7,6 +7,7 @@ interpreter costs seconds of torch import each); a few of them also go through t
 import json
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -20,7 +21,7 @@ from PIL import Image
 
 from conftest import (CE, ENV, EPOCHS, ITERATIONS, LDAM, NUM_CLASSES, REPO_ROOT, TEST, TIMEOUT, assert_ok,
                       assert_one_line_error, assert_tensors_equal, call_main, command, load, make_tree, run_script,
-                      snapshot, train_flags, training_run)
+                      snapshot, train_flags, training_run, untimed)
 
 import MetaSAug_test
 import trainer
@@ -64,8 +65,9 @@ VARIANTS = {
     "double-backward": (LDAM, ["--meta_gradient", "double_backward"]),
 }
 
-EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) \| loss (\S+) \| train acc (\S+) \| test top-1 (\S+) "
-                        r"\(best (\S+)\) \| lr (\S+) \| elapsed (\S+) min \| ETA (\S+) min$")
+EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) (.+?) \| loss (\S+) \| train acc (\S+) \| test top-1 (\S+) "
+                        r"\(best (\S+), epoch (\d+)\) \| lr (\S+) \| (\d+) img/s \| elapsed (\S+) (min|h) \| "
+                        r"ETA (\S+) (min|h)$")
 RESUME_KEYS = {"iteration", "best_epoch", "criterion", "history", "epoch_sums", "elapsed", "config",
                "cls_num_list"}
 
@@ -93,31 +95,40 @@ def check_complete_run(run, iterations=ITERATIONS):
     assert result["commits"] == [result["commit"]]
     assert result["seed"] == 42
     history = result["history"]
-    assert [h["epoch"] for h in history] == list(range(EPOCHS))
+    assert result["epoch_numbering"].startswith("1-based")
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1)) == result["evaluated_epochs"]
+    assert result["final_epoch"] == EPOCHS
     accuracies = [h["test_top1"] for h in history]
     assert result["final_top1_error"] == pytest.approx(100 - accuracies[-1])
-    assert result["best_epoch"] == accuracies.index(max(accuracies))
+    assert result["best_epoch"] == accuracies.index(max(accuracies)) + 1 == best["best_epoch"] + 1
     assert result["best_top1_error"] == pytest.approx(100 - max(accuracies))
     assert best["best_acc1"] == pytest.approx(max(accuracies))
     assert len(result["per_class_accuracy"]) == NUM_CLASSES
     assert set(result["shot_accuracy"]) == {"many", "medium", "few"}
     assert result["wall_time_s"] > 0
+    assert result["test_images"] == result["test_set_images"] == NUM_CLASSES * 10
+    assert all(h["train_time_s"] > 0 and h["images_per_s"] > 0 and h["eval_time_s"] > 0 for h in history)
     assert list(run.out.glob("events.out.tfevents.*")), "no TensorBoard events file"
 
-    # The log: one progress line per iteration (--print-freq 1), one summary line per epoch.
+    # The log (stdout, and the same lines in train.log): one progress line per iteration (--print-freq 1),
+    # one summary line per epoch, every epoch counted from 1.
     lines = run.proc.stdout.splitlines()
+    assert (run.out / "train.log").read_text().splitlines() == lines
+    assert lines[1].startswith("expected: about ") and f"epochs 1-{EPOCHS} (epochs 1-1 " in lines[1]
     progress = [line for line in lines if line.startswith("  epoch ")]
     assert len(progress) == EPOCHS * iterations
-    assert progress[iterations].startswith(f"  epoch 1 iter 1/{iterations} loss ")
+    assert progress[0].startswith(f"  epoch 1 iter 1/{iterations} loss ")
+    assert progress[iterations].startswith(f"  epoch 2 iter 1/{iterations} loss ")
     summaries = [EPOCH_LINE.match(line) for line in lines if line.startswith("Epoch ")]
     assert len(summaries) == EPOCHS and all(summaries), lines
     for match, entry in zip(summaries, history):
-        assert int(match[1]) == entry["epoch"] + 1 and int(match[2]) == EPOCHS
-        assert float(match[3]) == pytest.approx(entry["train_loss"], abs=1e-4)
-        assert float(match[4]) == pytest.approx(entry["train_acc"], abs=5e-3)
-        assert float(match[5]) == pytest.approx(entry["test_top1"], abs=5e-3)
-        assert float(match[7]) == pytest.approx(entry["lr"])
-        float(match[8]), float(match[9])  # elapsed and ETA are numbers
+        assert int(match[1]) == entry["epoch"] and int(match[2]) == EPOCHS
+        assert float(match[4]) == pytest.approx(entry["train_loss"], abs=1e-4)
+        assert float(match[5]) == pytest.approx(entry["train_acc"], abs=5e-3)
+        assert float(match[6]) == pytest.approx(entry["test_top1"], abs=5e-3)
+        assert float(match[9]) == pytest.approx(entry["lr"])
+        assert int(match[10]) == round(entry["images_per_s"])
+    assert summaries[-1][13] == "0.0" and lines[-1].startswith("final top-1 error ")  # nothing left: ETA 0
     return state, result
 
 
@@ -141,7 +152,7 @@ def test_ce_run_tensorboard_scalars(ce_run):
     events = EventAccumulator(str(ce_run.out))
     events.Reload()
     top1 = events.Scalars("test/top1")
-    assert [e.step for e in top1] == list(range(EPOCHS))
+    assert [e.step for e in top1] == list(range(1, EPOCHS + 1))  # the 1-based epoch, as printed
     assert [e.value for e in top1] == pytest.approx([h["test_top1"] for h in history], abs=1e-4)
     assert [e.value for e in events.Scalars("lr")] == pytest.approx([h["lr"] for h in history])
 
@@ -154,7 +165,7 @@ RELEASED_LDAM = ("--gpu 0 --lr 0.1 --lam 0.75 --imb_factor 0.05 --dataset cifar1
                  "--save_name MetaSAug_cifar100_LDAM_imb0.05 --idx 1")
 
 # Defaults of the authors' MetaSAug_LDAM_train.py (BIT-DA/MetaSAug).
-RELEASED_DEFAULTS = dict(dataset="cifar100", batch_size=100, num_classes=100, num_meta=10, imb_factor=0.005,
+RELEASED_DEFAULTS = dict(dataset="cifar100", batch_size=100, num_meta=10, imb_factor=0.005,
                          test_batch_size=100, epochs=200, lr=0.1, momentum=0.9, nesterov=True,
                          weight_decay=5e-4, no_cuda=False, split=1000, seed=42, print_freq=100, lam=0.25,
                          gpu=0, meta_lr=0.1, save_name="name", idx="0")
@@ -166,7 +177,7 @@ def test_released_ldam_command_line_parses_unchanged():
     args = trainer.build_parser(LDAM, "d", ("ldam",)).parse_args(RELEASED_LDAM.split())
     assert (args.gpu, args.lr, args.lam, args.imb_factor, args.dataset, args.num_classes, args.save_name,
             args.idx) == (0, 0.1, 0.75, 0.05, "cifar100", 100, "MetaSAug_cifar100_LDAM_imb0.05", "1")
-    assert not hasattr(args, "loss")  # the LDAM script has one base loss
+    assert args.loss == "ldam"  # the LDAM script's one base loss, no --loss flag
 
 
 @pytest.mark.parametrize("losses", [("ce", "focal"), ("ldam",)], ids=["ce", "ldam"])
@@ -174,7 +185,14 @@ def test_released_and_added_flags_and_defaults(losses):
     args = vars(trainer.build_parser("prog", "d", losses).parse_args([]))
     assert {k: args[k] for k in RELEASED_DEFAULTS} == RELEASED_DEFAULTS
     assert {k: args[k] for k in ADDED_DEFAULTS} == ADDED_DEFAULTS
-    assert args.get("loss") == ("ce" if len(losses) > 1 else None)
+    assert args["loss"] == losses[0]
+    assert args["num_classes"] is None  # the dataset's: 100 for the released default cifar100
+    parsed = trainer.build_parser("prog", "d", losses).parse_args([])
+    trainer.validate_args(parsed)
+    assert parsed.num_classes == 100
+    parsed = trainer.build_parser("prog", "d", losses).parse_args(["--dataset", "cifar10"])
+    trainer.validate_args(parsed)
+    assert parsed.num_classes == 10
 
 
 def test_released_flag_aliases():
@@ -334,13 +352,31 @@ def test_training_bad_input(case, tree4, tmp_path, bad_inputs, capsys):
     assert snapshot(tmp_path) == before  # no checkpoint_dir, no out_dir, inputs untouched
 
 
-def test_test_script_rejects_a_checkpoint_for_another_class_count(ce_run, tree10, tmp_path, capsys):
+def test_test_script_refuses_flags_that_contradict_the_checkpoint(ce_run, tree10, tmp_path, capsys):
     before = snapshot(tmp_path)
-    code, err, shown = call_main(MetaSAug_test.main, ["--checkpoint_path", ce_run.ckpt, "--dataset", "cifar10",
+    for flags, pattern in ((["--dataset", "cifar10"], r"--dataset cifar10 contradicts the checkpoint, trained with "
+                                                      r"--dataset cifar100; drop the flag"),
+                           (["--imb_factor", "0.02"], r"--imb_factor 0.02 contradicts the checkpoint, trained with "
+                                                      r"--imb_factor 0.1")):
+        code, err, shown = call_main(MetaSAug_test.main, ["--checkpoint_path", ce_run.ckpt, "--data_root", tree10,
+                                                          "--device", "cpu", *flags], capsys)
+        assert_one_line_error(code, err, pattern)
+    # A released checkpoint records nothing: the flags decide, and a wrong --dataset shows in the shapes.
+    released = tmp_path / "released.pth.tar"
+    torch.save(released_checkpoint(load(ce_run.ckpt)), released)
+    before = snapshot(tmp_path)
+    code, err, shown = call_main(MetaSAug_test.main, ["--checkpoint_path", released, "--dataset", "cifar10",
                                                       "--data_root", tree10, "--device", "cpu"], capsys)
     assert_one_line_error(code, err, r"linear\.weight has shape \[4, 64\] but the model expects \[10, 64\]; "
                                      r"check --num_classes / --dataset")
     assert shown == [] and snapshot(tmp_path) == before
+
+
+def test_test_script_reads_dataset_and_imbalance_from_the_checkpoint(ce_run10, tree10, tmp_path):
+    proc = run_script(TEST, ["--checkpoint_path", ce_run10.ckpt, "--data_root", tree10, "--device", "cpu",
+                             "--workers", 1], cwd=tmp_path)
+    assert_ok(proc)
+    assert "Dataset: cifar100\tImb_factor: 2\t" in proc.stdout  # trained with the default dataset, --imb_factor 0.5
 
 
 @pytest.mark.parametrize("script, case", [(CE, "missing-data-root"), (LDAM, "unknown-dataset"),
@@ -358,7 +394,7 @@ def test_test_script_bad_checkpoint_through_the_real_script(ce_run, tree10, tmp_
     before = snapshot(tmp_path)
     proc = run_script(TEST, ["--checkpoint_path", ce_run.ckpt, "--dataset", "cifar10", "--data_root", tree10,
                              "--device", "cpu"], cwd=tmp_path)
-    assert_one_line_error(proc.returncode, proc.stderr, r"has shape \[4, 64\].*--num_classes")
+    assert_one_line_error(proc.returncode, proc.stderr, r"--dataset cifar10 contradicts the checkpoint")
     assert snapshot(tmp_path) == before
 
 
@@ -412,7 +448,7 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(ce_run, tree4, tmp_path)
                                 text=True, env=ENV)
     try:
         reader = LineReader(proc.stdout)
-        reader.wait_for(r"  epoch 1 iter 3/", timeout=TIMEOUT)  # inside the MetaSAug phase
+        reader.wait_for(r"  epoch 2 iter 3/", timeout=TIMEOUT)  # inside the MetaSAug phase (epochs 2-3)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=TIMEOUT)
     finally:
@@ -427,12 +463,17 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(ce_run, tree4, tmp_path)
     interrupted = load(ckpt)
     position = (interrupted["epoch"], interrupted["iteration"])
     assert interrupted["epoch"] >= 1 and 0 < interrupted["iteration"] < ITERATIONS, position
-    assert f"  epoch {position[0]} iter {position[1]}/{ITERATIONS} " in stdout
+    assert f"  epoch {position[0] + 1} iter {position[1]}/{ITERATIONS} " in stdout  # 1-based, as printed
+    assert f"in epoch {position[0] + 1} after iteration {position[1]};" in err
 
     resumed = run_script(CE, flags + ["--resume", ckpt], cwd=tmp_path)
     assert_ok(resumed)
-    first = resumed.stdout.splitlines()[1]
-    assert first.startswith(f"  epoch {position[0]} iter {position[1] + 1}/{ITERATIONS} "), resumed.stdout
+    lines = resumed.stdout.splitlines()
+    assert lines[1] == f"resumed at epoch {position[0] + 1}, iteration {position[1] + 1} from {ckpt}"
+    first = next(line for line in lines if line.startswith("  epoch "))
+    assert first.startswith(f"  epoch {position[0] + 1} iter {position[1] + 1}/{ITERATIONS} "), resumed.stdout
+    log = (tmp_path / "out" / "train.log").read_text()  # one log across the interruption
+    assert stdout in log and resumed.stdout in log and err.strip() in log
 
     a, b = load(ce_run.ckpt), load(ckpt)
     assert_tensors_equal(a["state_dict"], b["state_dict"], "state_dict")
@@ -444,8 +485,9 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(ce_run, tree4, tmp_path)
         (b["epoch"], b["iteration"], b["best_acc1"], b["best_epoch"])
     result_a = json.loads((ce_run.out / "result.json").read_text())
     result_b = json.loads((tmp_path / "out" / "result.json").read_text())
-    for key in ("final_top1_error", "best_top1_error", "best_epoch", "per_class_accuracy", "history"):
+    for key in ("final_top1_error", "best_top1_error", "best_epoch", "per_class_accuracy"):
         assert result_a[key] == result_b[key], key
+    assert untimed(result_a["history"]) == untimed(result_b["history"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +498,7 @@ def test_non_finite_loss_stops_with_epoch_and_iteration(tree4, tmp_path):
     # ratio = lam * epoch / epochs: harmless in the CE epoch 0, overflowing at the first MetaSAug step.
     run = training_run(CE, train_flags(tree4, tmp_path) + ["--lam", "1e30"], tmp_path)
     assert_one_line_error(run.proc.returncode, run.proc.stderr,
-                          r"non-finite training loss at epoch 1, iteration 1; .*last good checkpoint "
+                          r"non-finite training loss at epoch 2, iteration 1; .*last good checkpoint "
                           + re.escape(str(run.ckpt)), expected_code=3)
     assert "Epoch 1/3" in run.proc.stdout and "Epoch 2/3" not in run.proc.stdout
     state = load(run.ckpt)
@@ -505,11 +547,94 @@ def test_branches_from_one_first_phase_equal_runs_from_scratch(tree4, tmp_path):
         assert (a["epoch"], a["best_acc1"], a["best_epoch"]) == (b["epoch"], b["best_acc1"], b["best_epoch"])
         result_a, result_b = (json.loads((tmp_path / "out" / f"{kind}_{method}" / "result.json").read_text())
                               for kind in ("scratch", "branch"))
-        for key in ("final_top1_error", "best_top1_error", "best_epoch", "per_class_accuracy", "history",
+        for key in ("final_top1_error", "best_top1_error", "best_epoch", "per_class_accuracy",
                     "evaluated_epochs", "train_index_sha256"):
             assert result_a[key] == result_b[key], (method, key)
-        assert result_a["evaluated_epochs"] == [1, 2, 3]  # epoch 0 skipped by --eval_every 2
+        assert untimed(result_a["history"]) == untimed(result_b["history"]), method
+        assert result_a["evaluated_epochs"] == [2, 3, 4]  # epoch 1 skipped by --eval_every 2
         assert result_b["config"]["init_from"] == str(phase1)
     isda = load(tmp_path / "ckpt" / "branch_isda_ckpt.pth.tar")
     assert isda["criterion"]["estimator.covariance"].abs().sum() > 0  # the second phase did differ by method
     assert not (tmp_path / "ckpt" / "branch_isda_phase1.pth.tar").exists()  # a branch has no first phase
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. A run never overwrites another silently; defaults that follow --dataset; early and clear refusals
+# ---------------------------------------------------------------------------------------------
+
+def test_an_existing_run_is_refused_unless_resumed_or_overwritten(ce_run, tree4, capsys):
+    flags = train_flags(tree4, ce_run.base)  # ce_run's own checkpoint_dir, out_dir and save_name
+    before = snapshot(ce_run.base)
+    code, err, _ = call_main(ce_main, flags, capsys)
+    assert_one_line_error(code, err, rf"run 'tiny' already exists \(.*tiny_ckpt\.pth\.tar\); continue it with "
+                                     rf"--resume {re.escape(str(ce_run.ckpt))} or start it afresh with --overwrite")
+    code, err, _ = call_main(ce_main, flags + ["--resume", ce_run.ckpt, "--overwrite"], capsys)
+    assert_one_line_error(code, err, r"--resume continues a run and --overwrite starts it afresh")
+    assert snapshot(ce_run.base) == before
+
+
+def test_overwrite_starts_afresh_and_clears_the_old_run(tree4, tmp_path, capsys):
+    flags = train_flags(tree4, tmp_path, epochs=2) + ["--max_train_batches", 1, "--method", "plain"]
+    assert call_main(ce_main, flags, capsys)[0] == 0
+    out = tmp_path / "out"
+    first = json.loads((out / "result.json").read_text())
+    (out / "notes.txt").write_text("mine")  # not the run's: stays
+    code, err, _ = call_main(ce_main, flags + ["--lr", 0.05, "--overwrite"], capsys)
+    assert code == 0, err
+    second = json.loads((out / "result.json").read_text())
+    assert first["config"]["lr"] == 0.1 and second["config"]["lr"] == 0.05
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1  # one run's events, not two configs mixed
+    log = (out / "train.log").read_text()
+    assert log.count("expected: about") == 1 and "lr 0.05" in log and "lr 0.1 " not in log
+    assert (out / "notes.txt").read_text() == "mine"
+    assert load(tmp_path / "ckpt" / "tiny_ckpt.pth.tar")["config"]["lr"] == 0.05
+
+
+def test_stale_outputs_of_a_run_without_checkpoint_are_cleared(tree4, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.log").write_text("an attempt that crashed before its first epoch\n")
+    (out / "events.out.tfevents.1.stale").write_bytes(b"x")
+    code, err, _ = call_main(ce_main, train_flags(tree4, tmp_path, epochs=1) + ["--max_train_batches", 1], capsys)
+    assert code == 0, err
+    assert "crashed" not in (out / "train.log").read_text()
+    assert not (out / "events.out.tfevents.1.stale").exists()
+
+
+@pytest.mark.parametrize("method, warned", [("metasaug", True), ("isda", True), ("plain", False), ("cb", False)])
+def test_a_second_phase_that_never_comes_is_a_warning(method, warned, tree4, tmp_path, capsys):
+    flags = train_flags(tree4, tmp_path, epochs=1) + ["--max_train_batches", 1, "--method", method]
+    code, err, _ = call_main(ce_main, flags + ["--meta_start", 1], capsys)  # epochs 1 <= meta_start 1
+    assert code == 0, err
+    expected = (f"{CE}: warning: --epochs 1 <= --meta_start 1: the second phase of --method {method} never "
+                f"runs; lower --meta_start to train it")
+    assert err.strip() == (expected if warned else "")
+
+
+def test_class_count_is_checked_before_any_image_is_decoded(tree4, tmp_path, capsys):
+    broken = tmp_path / "tree"
+    shutil.copytree(tree4, broken)
+    next((broken / "train" / "class00").iterdir()).write_bytes(b"not an image")
+    flags = train_flags(broken, tmp_path) + ["--dataset", "cifar10"]
+    flags.pop(flags.index("--num_classes") + 1)
+    flags.remove("--num_classes")  # default: cifar10's 10
+    code, err, _ = call_main(ce_main, flags, capsys)
+    assert_one_line_error(code, err, r"holds 4 classes but --num_classes is 10")
+
+
+def test_download_without_network_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    import torchvision.datasets.cifar
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", no_network)
+    root = tmp_path / "cifar"
+    flags = ["--data_root", root, "--download", "--dataset", "cifar10", "--device", "cpu",
+             "--checkpoint_dir", tmp_path / "ckpt", "--out_dir", tmp_path / "out"]
+    code, err, _ = call_main(ce_main, flags, capsys)
+    assert_one_line_error(code, err, r"--download could not fetch cifar10 \(\[Errno -3\] Temporary failure in "
+                                     r"name resolution\); without network, put the CIFAR python files")
+    assert list(tmp_path.iterdir()) == []

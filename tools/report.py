@@ -1,13 +1,18 @@
 """Summarise the ``result.json`` files of a folder of runs beside the paper's numbers.
 
-    python tools/report.py runs/table1 [--table table1] > report.md
+    python tools/report.py runs/table1 [--table table1] [--imbalance 100] [--format markdown|csv|latex] [--all]
 
-Runs are grouped by table row (from ``--method`` and the base loss), dataset, imbalance factor
-and protocol (schedule and caps); seeds of one group are averaged (mean ± sample std). Both the
-final-epoch and the best-epoch error are shown, labelled; the paper's number and the difference
-(ours final minus paper) stand beside them. A row or setting without runs says "missing".
+Runs are grouped by table row (``methods.py``: method and base loss), dataset, imbalance and protocol
+(schedule, caps and test-set coverage); the seeds of one group are averaged (mean ± sample std). The
+final-epoch error is the headline; the best-epoch error (test-set selection, as the released script
+prints) stands beside it, labelled; then the paper's number and the difference (ours final − paper).
+Only tables, imbalances and rows that have runs are printed, unless ``--all`` asks for the paper's
+whole grid ("missing" where a run is absent). Runs of one cell must share their long-tail subset
+(``train_index_sha256``): the report refuses to average runs trained on different images.
 """
 import argparse
+import csv
+import io
 import json
 import statistics
 import sys
@@ -20,7 +25,13 @@ sys.path.insert(0, str(REPO))
 
 from methods import TABLES, row_name  # noqa: E402
 
-PROTOCOL_KEYS = ("epochs", "meta_start", "lr_milestones", "max_train_batches", "batch_size", "lam")
+PROTOCOL_KEYS = ("epochs", "meta_start", "lr_milestones", "batch_size", "lam", "max_train_batches", "eval_every")
+CIFAR_TEST_IMAGES = 10000
+PARTIAL = "†"
+
+
+class ReportError(ValueError):
+    """Runs that cannot be summarised together; the message names them."""
 
 
 def load_runs(folder):
@@ -28,82 +39,172 @@ def load_runs(folder):
     for path in sorted(Path(folder).rglob("result.json")):
         result = json.loads(path.read_text())
         config = result["config"]
-        row = row_name(config.get("method", "metasaug"), result["base_loss"])
-        protocol = ", ".join(f"{k} {config.get(k)}" for k in PROTOCOL_KEYS)
-        runs.append(dict(row=row, dataset=config["dataset"], imbalance=round(1 / config["imb_factor"]),
-                         protocol=protocol, seed=result["seed"], final=result["final_top1_error"],
-                         best=result["best_top1_error"], shots=result["shot_accuracy"], path=str(path)))
+        tested, whole = test_images(result)
+        protocol = ", ".join(f"{k} {config.get(k, 1 if k == 'eval_every' else None)}" for k in PROTOCOL_KEYS)
+        protocol += f", test images {tested}" + ("" if tested == whole else f" of {whole} {PARTIAL}")
+        runs.append(dict(row=row_name(config.get("method", "metasaug"), result["base_loss"]),
+                         dataset=config["dataset"], imbalance=round(1 / config["imb_factor"]), protocol=protocol,
+                         partial=tested != whole, seed=result["seed"], final=result["final_top1_error"],
+                         best=result["best_top1_error"], shots=result["shot_accuracy"],
+                         subset=result.get("train_index_sha256"), path=str(path)))
     return runs
 
 
-def mean_std(values):
-    if not values:
-        return None
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+def test_images(result):
+    """(test images a run's evaluation saw, test images there were); results written before these were
+    recorded are taken as CIFAR's 10,000 capped by --max_test_batches."""
+    if "test_images" in result:
+        return result["test_images"], result["test_set_images"]
+    cap, batch = result["config"].get("max_test_batches"), result["config"]["test_batch_size"]
+    return (CIFAR_TEST_IMAGES if cap is None else min(CIFAR_TEST_IMAGES, cap * batch)), CIFAR_TEST_IMAGES
 
 
-def error_cell(group, paper):
-    if not group:
-        return "missing" + (f" · paper {paper:.2f}" if paper is not None else "")
-    finals = [r["final"] for r in group]
-    text = f"final {mean_std(finals)} / best {mean_std([r['best'] for r in group])} (n={len(group)})"
-    if paper is not None:
-        text += f" · paper {paper:.2f} · Δ {statistics.mean(finals) - paper:+.2f}"
-    return text
+def check_cell(group):
+    """Refuse to average runs of different long-tail subsets or a seed counted twice."""
+    subsets = {r["subset"] for r in group if r["subset"] is not None}
+    if len(subsets) > 1:
+        raise ReportError(f"runs of one cell were trained on different long-tail subsets (train_index_sha256): "
+                          f"{', '.join(r['path'] for r in group)}; report them separately")
+    seeds = [r["seed"] for r in group]
+    if len(set(seeds)) < len(seeds):
+        raise ReportError(f"seed {max(seeds, key=seeds.count)} appears twice in one cell: "
+                          f"{', '.join(r['path'] for r in group)}; keep one of them")
 
 
-def shot_cell(group):
-    if not group:
-        return "missing"
-    parts = []
-    for key in ("many", "medium", "few"):
-        values = [r["shots"][key] for r in group if r["shots"].get(key) is not None]
-        label = {"many": "Many", "medium": "Med", "few": "Few"}[key]
-        parts.append(f"{label} {statistics.mean(values):.1f}" if values else f"{label} –")
-    return " / ".join(parts)
+def summary(values):
+    """(mean, sample std or 0.0 for one value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def table_markdown(spec, runs, table_name, other_rows=frozenset(), only_imbalance=None):
-    """One table in the paper's layout; rows that belong to another table (``other_rows``) are left out,
-    and only the ``only_imbalance`` columns are shown when given."""
+def cell(group, paper):
+    """The figures of one table cell: n, final and best (mean, std), paper, Δ, shots, partial coverage."""
+    if group:
+        check_cell(group)
+    figures = dict(n=len(group), paper=paper, partial=any(r["partial"] for r in group))
+    if group:
+        figures["final"] = summary([r["final"] for r in group])
+        figures["best"] = summary([r["best"] for r in group])
+        figures["delta"] = figures["final"][0] - paper if paper is not None else None
+        for key in ("many", "medium", "few"):
+            values = [r["shots"][key] for r in group if r["shots"].get(key) is not None]
+            figures[key] = statistics.mean(values) if values else None
+    return figures
+
+
+def select(spec, table_name, runs, other_rows, imbalances, show_all):
+    """The table's grid: for each protocol with runs, its rows x imbalances of cells."""
     table = TABLES[table_name]
     runs = [dict(r, row=table.label(r["row"])) for r in runs if r["dataset"] == spec["dataset"]]
-    imbalances = sorted(set(spec["imbalance"]) | {r["imbalance"] for r in runs}, reverse=True)
-    if only_imbalance:
-        imbalances = [i for i in imbalances if i in only_imbalance]
-    out = []
-    for protocol in sorted({r["protocol"] for r in runs}) or ["(no runs)"]:
+    if imbalances:
+        runs = [r for r in runs if r["imbalance"] in imbalances]
+    grids = []
+    for protocol in sorted({r["protocol"] for r in runs}) or ([None] if show_all else []):
         chosen = [r for r in runs if r["protocol"] == protocol]
         groups = defaultdict(list)
         for r in chosen:
             groups[r["row"], r["imbalance"]].append(r)
-        rows = list(spec["rows"]) + sorted({r["row"] for r in chosen} - set(spec["rows"]) - other_rows)
-        header = "| method | " + " | ".join(f"imbalance {i}" for i in imbalances) + " |"
-        rule = "|---" * (len(imbalances) + 1) + "|"
-        out += [f"### {spec['title']}", "", f"Protocol: {protocol}. Top-1 error (%), mean ± std over seeds; "
-                "'final' = last epoch, 'best' = best test epoch (test-set selection, as the released script "
-                "prints); Δ = ours final − paper.", "", header, rule]
-        for row in rows:
-            papers = dict(zip(spec["imbalance"], spec["rows"].get(row, [])))
-            out.append(f"| {row} | " + " | ".join(error_cell(groups.get((row, i), []), papers.get(i))
-                                                  for i in imbalances) + " |")
+        extra = sorted({r["row"] for r in chosen} - set(spec["rows"]) - other_rows)
+        rows = [row for row in list(spec["rows"]) + extra if show_all or any(k[0] == row for k in groups)]
+        columns = sorted((set(spec["imbalance"]) if show_all else set()) | {r["imbalance"] for r in chosen},
+                         reverse=True)
+        if imbalances:
+            columns = [c for c in columns if c in imbalances]
+        papers = {row: dict(zip(spec["imbalance"], spec["rows"].get(row, []))) for row in rows}
+        grids.append(dict(protocol=protocol, columns=columns, rows=[
+            (row, [cell(groups.get((row, c), []), papers[row].get(c)) for c in columns]) for row in rows]))
+    return grids
+
+
+def fmt(pair):
+    return f"{pair[0]:.2f} ± {pair[1]:.2f}"
+
+
+def markdown_cell(figures):
+    paper = f" · paper {figures['paper']:.2f}" if figures["paper"] is not None else ""
+    if not figures["n"]:
+        return "missing" + paper
+    text = f"**{fmt(figures['final'])}** (best {fmt(figures['best'])}, n={figures['n']})"
+    if figures["partial"]:
+        text += f" {PARTIAL}"
+    if figures["delta"] is not None:
+        text += f"{paper} · Δ {figures['delta']:+.2f}"
+    return text
+
+
+def shots_cell(figures):
+    if not figures["n"]:
+        return "missing"
+    return " / ".join(f"{figures[k]:.1f}" if figures[k] is not None else "–" for k in ("many", "medium", "few"))
+
+
+def markdown(spec, grids):
+    out = []
+    for grid in grids:
+        header = "| method | " + " | ".join(f"imbalance {c}" for c in grid["columns"]) + " |"
+        rule = "|---" * (len(grid["columns"]) + 1) + "|"
+        out += [f"#### {spec['title']}", "", f"Protocol: {grid['protocol'] or '(no runs)'}. Top-1 error (%), mean ± "
+                "std over seeds: **final epoch** (best test epoch in brackets, test-set selection as the released "
+                "script prints it); Δ = ours final − paper." + (f" {PARTIAL} evaluated on part of the test set only."
+                                                                  if PARTIAL in (grid["protocol"] or "") else ""),
+                "", header, rule]
+        out += [f"| {row} | " + " | ".join(markdown_cell(c) for c in cells) + " |" for row, cells in grid["rows"]]
         out += ["", "Many / Medium / Few-shot accuracy (%) at the final epoch (>100, 20–100, <20 training images):",
                 "", header, rule]
-        for row in rows:
-            out.append(f"| {row} | " + " | ".join(shot_cell(groups.get((row, i), [])) for i in imbalances) + " |")
+        out += [f"| {row} | " + " | ".join(shots_cell(c) for c in cells) + " |" for row, cells in grid["rows"]]
         out.append("")
-    if spec.get("note"):
+    if grids and spec.get("note"):
         out += [f"Paper: {spec['note']}", ""]
-    return "\n".join(out)
+    return out
+
+
+def csv_rows(name, spec, grids):
+    for grid in grids:
+        for row, cells in grid["rows"]:
+            for column, figures in zip(grid["columns"], cells):
+                values = [figures.get(k) for k in ("final", "best")]
+                yield [name, grid["protocol"], row, column, figures["n"],
+                       *(f"{v[i]:.4f}" if v else "" for v in values for i in (0, 1)),
+                       "" if figures["paper"] is None else figures["paper"],
+                       "" if figures.get("delta") is None else f"{figures['delta']:.4f}",
+                       *("" if figures.get(k) is None else f"{figures[k]:.4f}" for k in ("many", "medium", "few")),
+                       int(figures["partial"])]
+
+
+CSV_HEADER = ["table", "protocol", "row", "imbalance", "n", "final_mean", "final_std", "best_mean", "best_std",
+              "paper", "delta_final_minus_paper", "many", "medium", "few", "partial_test_set"]
+
+
+def latex(spec, grids):
+    out = []
+    for grid in grids:
+        columns = grid["columns"]
+        out += [f"% {spec['title']}; protocol: {grid['protocol']}",
+                "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\hline",
+                "Method & " + " & ".join(f"{c}" for c in columns) + " \\\\", "\\hline"]
+        for row, cells in grid["rows"]:
+            parts = []
+            for figures in cells:
+                if not figures["n"]:
+                    parts.append("--")
+                    continue
+                text = f"{figures['final'][0]:.2f}$\\pm${figures['final'][1]:.2f}"
+                if figures["paper"] is not None:
+                    text += f" ({figures['paper']:.2f})"
+                parts.append(text + ("$^\\dagger$" if figures["partial"] else ""))
+            out.append(f"{row} & " + " & ".join(parts) + " \\\\")
+        out += ["\\hline", "\\end{tabular}",
+                "% final-epoch top-1 error, mean $\\pm$ std over seeds; the paper's number in brackets", ""]
+    return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", help="folder searched recursively for result.json files")
-    parser.add_argument("--table", choices=("table1", "table2", "table5", "all"), default="all")
+    parser.add_argument("--table", choices=(*TABLES, "all"), default="all")
     parser.add_argument("--imbalance", type=int, nargs="+", default=None,
                         help="show only these imbalance factors (e.g. 100)")
+    parser.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown")
+    parser.add_argument("--all", action="store_true", help="the paper's whole grid, 'missing' where no run is")
     args = parser.parse_args(argv)
     if not Path(args.runs_dir).is_dir():
         print(f"report.py: error: {args.runs_dir} is not a folder of runs", file=sys.stderr)
@@ -111,12 +212,30 @@ def main(argv=None):
     paper = json.loads(PAPER.read_text())
     runs = load_runs(args.runs_dir)
     names = list(paper["tables"]) if args.table == "all" else [args.table]
-    print(f"{len(runs)} runs under {args.runs_dir}. Paper numbers: {paper['source']}.\n")
-    for name in names:
-        others = {TABLES[name].label(row) for other, spec in paper["tables"].items() if other != name
-                  for row in spec["rows"]}
-        print(table_markdown(paper["tables"][name], runs, name, others - set(paper["tables"][name]["rows"]),
-                             args.imbalance))
+    out, rows = [], []
+    try:
+        for name in names:
+            spec = paper["tables"][name]
+            others = {TABLES[name].label(row) for other, s in paper["tables"].items() if other != name
+                      for row in s["rows"]}
+            grids = select(spec, name, runs, others - set(spec["rows"]), args.imbalance, args.all)
+            if args.format == "markdown":
+                out += markdown(spec, grids)
+            elif args.format == "latex":
+                out += latex(spec, grids)
+            else:
+                rows += list(csv_rows(name, spec, grids))
+    except ReportError as error:
+        print(f"report.py: error: {error}", file=sys.stderr)
+        return 2
+    if args.format == "csv":
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows([CSV_HEADER, *rows])
+        print(buffer.getvalue(), end="")
+        return 0
+    comment = "% " if args.format == "latex" else ""
+    print(f"{comment}{len(runs)} runs under {args.runs_dir}. Paper numbers: {paper['source']}.\n")
+    print("\n".join(out) if out else f"{comment}No run belongs to the tables asked for (--all shows the empty grid).")
     return 0
 
 
