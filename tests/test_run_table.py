@@ -3,6 +3,7 @@ runs and resumes interrupted ones, Ctrl-C, and refusals."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def test_plan_verbose_lists_each_branch_after_its_first_phase(capsys):
 
 def test_no_share_trains_every_run_from_scratch(capsys):
     lines = dry_run(["table5", "--seeds", "1", "--device", "cpu", "--no-share", *REDUCED], capsys)
-    assert "shared first phases: 0 (0 min)" in "\n".join(lines)
+    assert "shared first phases: 0 (0.0 min)" in "\n".join(lines)
     assert "runs from scratch: 9 (" in "\n".join(lines)
 
 
@@ -146,3 +147,97 @@ def test_ctrl_c_stops_after_the_running_training_wrote_its_checkpoint(sweep, tmp
     checkpoints = tmp_path / "runs" / "table5" / "checkpoints"
     assert (checkpoints / "table5_cifar10_isda_first_phase_imb0.5_seed1_ckpt.pth.tar").is_file()
     assert not results(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several trainings at once, and SLURM
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, pattern", [
+    (["--jobs", "0"], r"--jobs must be at least 1, got 0"),
+    (["--jobs", str((os.cpu_count() or 1) + 1), "--device", "cpu"], r"would run more threads than the \d+ cores"),
+    (["--jobs", "64", "--device", "cuda"], r"--jobs 64 needs 64 GPUs, but \d+ are visible; lower --jobs"),
+    (["--emit", "cluster"], r"--emit takes 'slurm DIR' or 'commands'"),
+])
+def test_sweep_refuses_what_cannot_run(flags, pattern, tmp_path, capsys):
+    assert run_table.main(["table5", "--out_root", str(tmp_path / "runs"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(pattern, err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_emitted_commands_run_one_job_each(sweep, tmp_path, capsys):
+    assert run_table.main(sweep + ["--emit", "commands"]) == 0
+    commands = capsys.readouterr().out.strip().splitlines()
+    assert len(commands) == 3 and "--run table5_cifar10_isda_first_phase_imb0.5_seed1 --" in commands[0]
+    assert all(c.split("--run ")[1].split()[1] == "--" for c in commands)  # training flags after a bare --
+    branch = commands[1].split("--run ")[1].split()[0]
+    assert run_table.main(sweep + ["--run", branch]) == 2  # its first phase has not run yet
+    assert "whose first phase has not finished" in capsys.readouterr().err
+    assert run_table.main(sweep + ["--run", "nope"]) == 2
+
+
+def test_an_emit_folder_with_another_sweep_is_refused(sweep, tmp_path, capsys):
+    folder = tmp_path / "slurm"
+    assert run_table.main(sweep + ["--emit", "slurm", str(folder)]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert run_table.main(sweep + ["--lam", "0.5", "--emit", "slurm", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds another sweep" in err
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    script = (folder / "runs.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in script and "#SBATCH --requeue" in script and "--signal=B:TERM@300" in script
+    assert "--dependency=afterok" in (folder / "submit.sh").read_text()
+
+
+def test_two_jobs_at_once_on_the_cpu(sweep, tmp_path, capfd):
+    assert run_table.main(sweep + ["--jobs", "2"]) == 0
+    out = capfd.readouterr().out
+    assert "up to 2 runs at once" in out
+    starts = re.findall(r"== start (\S+) \((first phase|branch)\) on (\d+) CPU threads", out)
+    assert [kind for _, kind, _ in starts] == ["first phase", "branch", "branch"]
+    assert {threads for _, _, threads in starts} == {str(max(1, (os.cpu_count() or 1) // 2))}
+    assert sorted(results(tmp_path)) == ["table5_cifar10_isda_imb0.5_seed1", "table5_cifar10_metasaug_ce_imb0.5_seed1"]
+    for name in results(tmp_path):
+        console = (tmp_path / "runs" / "table5" / name / "console.log").read_text()
+        assert "final top-1 error" in console
+
+
+SLURM_TOOLS = ("sbatch", "squeue", "slurmctld", "slurmd", "munged")
+
+
+@pytest.mark.skipif(any(shutil.which(t) is None for t in SLURM_TOOLS),
+                    reason="SLURM is not installed (Debian: apt-get install slurm-wlm munge)")
+def test_emitted_slurm_arrays_run_on_a_local_cluster(sweep, tmp_path):
+    cluster = tmp_path / "cluster"
+    started = subprocess.run(["bash", str(REPO_ROOT / "tools" / "local_slurm.sh"), "start", str(cluster)],
+                             capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        pytest.skip(f"could not start a local SLURM cluster: {started.stderr.strip()[-300:]}")
+    env = {**os.environ, "SLURM_CONF": str(cluster / "slurm.conf")}
+    try:
+        folder = tmp_path / "slurm"
+        emit = sweep + ["--emit", "slurm", str(folder), "--cpus_per_task", "1", "--time", "00:20:00"]
+        assert subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "run_table.py"), *emit], env=env,
+                              capture_output=True, text=True, timeout=120).returncode == 0
+        submitted = subprocess.run(["bash", str(folder / "submit.sh")], env=env, capture_output=True, text=True,
+                                   timeout=60)
+        assert submitted.returncode == 0, submitted.stderr
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip()
+            if not queue:
+                break
+            time.sleep(3)
+        assert not queue, f"still queued after 15 min:\n{queue}"
+    finally:
+        subprocess.run(["bash", str(REPO_ROOT / "tools" / "local_slurm.sh"), "stop", str(cluster)], timeout=60)
+    logs = {p.name: p.read_text() for p in (folder / "logs").iterdir()}
+    assert sorted(results(tmp_path)) == ["table5_cifar10_isda_imb0.5_seed1",
+                                         "table5_cifar10_metasaug_ce_imb0.5_seed1"], logs
+    assert sum(name.startswith("first_phases_") for name in logs) == 1
+    branches = [text for name, text in logs.items() if name.startswith("runs_")]
+    assert len(branches) == 2
+    for text in branches:  # each branch started after its first phase had finished
+        assert "branching at epoch 3 from the first phase" in text and "not finished" not in text

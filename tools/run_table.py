@@ -15,8 +15,6 @@ written its checkpoint. Results go to ``<out_root>/<table>/<run name>/`` with ch
 """
 import argparse
 import json
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,8 @@ import MetaSAug_CE_train  # noqa: E402
 import MetaSAug_LDAM_train  # noqa: E402
 import trainer  # noqa: E402
 from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from cli import check_resume, flag_clashes  # noqa: E402
+from cli import check_resume, duration, flag_clashes  # noqa: E402
+from tools import sweep  # noqa: E402
 from data_utils import CIFAR_NUM_CLASSES, get_img_num_per_cls  # noqa: E402
 from methods import CE_SCRIPT, LDAM_SCRIPT, META_STEPPING, ROWS, TABLES  # noqa: E402
 
@@ -67,6 +66,11 @@ class Job:
     def result(self):
         return Path(self.args.out_dir) / "result.json"
 
+    @property
+    def console(self):
+        """Where the job's console output goes when several jobs run at once."""
+        return Path(self.args.out_dir) / "console.log"
+
     def command(self):
         resume = ["--resume", str(self.checkpoint)] if self.state == "interrupted" else []
         return [sys.executable, str(REPO / self.script), *self.flags, *resume]
@@ -85,6 +89,23 @@ def parse_args(argv):
                    help="train every run from scratch instead of branching from shared first phases")
     p.add_argument("--dry-run", action="store_true", help="print the plan only")
     p.add_argument("--verbose", action="store_true", help="also print every command")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="trainings at once on this machine: one per visible GPU on CUDA (default: all of them), "
+                        "or an equal share of the cores each on the CPU (default 1)")
+    p.add_argument("--emit", nargs="+", metavar="KIND [DIR]",
+                   help="instead of training: 'slurm DIR' writes job-array scripts and submit.sh to DIR; "
+                        "'commands' prints one command per run (first phases first) for any other scheduler")
+    p.add_argument("--run", default=None, metavar="NAME",
+                   help="run this one job of the sweep (what each scheduler task does): skipped if finished, "
+                        "resumed if interrupted")
+    slurm = p.add_argument_group("SLURM resources (with --emit slurm)")
+    slurm.add_argument("--gpus_per_task", type=int, default=None, help="default: 1 with --device cuda, else 0")
+    slurm.add_argument("--cpus_per_task", type=int, default=4)
+    slurm.add_argument("--time", default="24:00:00", help="time limit of each task")
+    slurm.add_argument("--partition", default=None)
+    slurm.add_argument("--mem", default=None, help="memory per task, e.g. 16G")
+    slurm.add_argument("--signal_seconds", type=int, default=300,
+                       help="SIGTERM this long before the time limit: the task checkpoints and requeues itself")
     p.epilog = ("Other flags, and everything after a bare --, go to every training "
                 "(e.g. --epochs 20 --meta_start 16 --lr_milestones 16 18, or --eval_every 5).")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -115,19 +136,15 @@ def first_phase_key(script, args):
 
 
 def seconds_for(args, first_epoch, end_epoch, throughput):
-    """Training and evaluation time of epochs [first_epoch, end_epoch) at the measured images/s."""
-    dataset, classes = args.dataset, CIFAR_NUM_CLASSES[args.dataset]
-    images = sum(get_img_num_per_cls(dataset, args.imb_factor, args.num_meta * classes))
+    """Training and evaluation time of 0-based epochs [first_epoch, end_epoch) at the measured images/s."""
+    classes = CIFAR_NUM_CLASSES[args.dataset]
+    images = sum(get_img_num_per_cls(args.dataset, args.imb_factor, args.num_meta * classes))
     if args.max_train_batches:
         images = min(images, args.max_train_batches * args.batch_size)
     test_images = 10000 if not args.max_test_batches else min(10000, args.max_test_batches * args.test_batch_size)
-    total = 0.0
-    for epoch in range(first_epoch, end_epoch):
-        meta = args.method in META_STEPPING and epoch >= args.meta_start
-        total += images / throughput["metasaug" if meta else "plain"]
-        if trainer.evaluates(epoch, args.epochs, args.meta_start, args.eval_every):
-            total += test_images / throughput["evaluation"]
-    return total
+    second = throughput["metasaug"] if args.method in META_STEPPING else throughput["plain"]
+    return trainer.estimated_seconds(args, first_epoch, end_epoch, (images / throughput["plain"], images / second),
+                                     test_images / throughput["evaluation"])
 
 
 def plan(args, throughput):
@@ -200,11 +217,7 @@ def mark_progress(jobs):
             job.state = "interrupted"
 
 
-def duration(seconds):
-    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
-
-
-def summary(args, jobs, throughput, device):
+def summary(args, jobs, throughput, device, slots=1):
     """The plan in a few lines: what runs, what is shared, how long, what is already done."""
     first = [j for j in jobs if j.kind == "first phase"]
     branches = [j for j in jobs if j.kind == "branch"]
@@ -222,7 +235,8 @@ def summary(args, jobs, throughput, device):
         lines.append(f"  second phases branched from them: {len(branches)} ({duration(sum(j.seconds for j in branches))})")
         lines.append(f"  runs from scratch: {len(scratch)} ({duration(sum(j.seconds for j in scratch))})")
         saved = alone - sum(j.seconds for j in jobs)
-        lines.append(f"  about {duration(total)} of {device} time left to train, one run after another; without "
+        at_once = "one run after another" if slots == 1 else f"up to {slots} runs at once (the sweep itself shorter)"
+        lines.append(f"  about {duration(total)} of {device} time left to train, {at_once}; without "
                      f"shared first phases {duration(alone)} in all (sharing saves {duration(saved)}); at "
                      f"{throughput['plain']:.0f} plain, {throughput['metasaug']:.0f} MetaSAug and "
                      f"{throughput['evaluation']:.0f} evaluation images/s measured on {throughput['machine']}")
@@ -239,36 +253,34 @@ def summary(args, jobs, throughput, device):
     return lines
 
 
-class Interrupt:
-    """SIGINT/SIGTERM: stop starting runs; the running training gets the signal and writes its checkpoint."""
+def base_command(args):
+    """The run_table.py command line of this sweep, without what only this invocation needs: what a
+    scheduler runs, with ``--run NAME``, for each job."""
+    command = [sys.executable, str(REPO / "tools" / "run_table.py"), args.table, "--seeds", *map(str, args.seeds),
+               "--device", args.device, "--out_root", args.out_root]
+    for flag, value in (("--imb", args.imb), ("--rows", args.rows)):
+        if value:
+            command += [flag, *map(str, value)]
+    if args.data_root:
+        command += ["--data_root", args.data_root]
+    if not args.share:
+        command.append("--no-share")
+    return command + (["--", *args.extra] if args.extra else [])
 
-    def __init__(self):
-        self.signal, self.child = None, None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
 
-    def _handle(self, signum, frame):
-        self.signal = signum
-        if self.child is not None and self.child.poll() is None:
-            self.child.send_signal(signal.SIGTERM)  # Ctrl-C reached it too; a second request is harmless
-
-
-def execute(jobs, interrupt):
-    for job in jobs:
-        if job.state == "finished":
-            continue
-        print(f"== {job.name} ({job.kind}{', resumed' if job.state == 'interrupted' else ''})", flush=True)
-        interrupt.child = subprocess.Popen(job.command())
-        code = interrupt.child.wait()
-        if interrupt.signal is not None:
-            print(f"stopped by signal {interrupt.signal}; {job.name} wrote its checkpoint. Re-run the same "
-                  f"command to continue the sweep.", file=sys.stderr, flush=True)
-            return 128 + interrupt.signal
-        if code != 0:
-            print(f"{job.name} failed with exit code {code}: {' '.join(job.command()[1:])}", file=sys.stderr)
-            return code
-        job.state = "finished"
-    return 0
+def run_one(jobs, name):
+    """Run the job ``name`` alone (what each scheduler task does): skip it if finished, resume it if
+    interrupted, refuse it while its first phase has not finished."""
+    job = next((j for j in jobs if j.name == name), None)
+    if job is None:
+        raise PlanError(f"--run {name}: no such run in this sweep (see --verbose for the names)")
+    first = next((j for j in jobs if j.name == job.after), None)
+    if first is not None and first.state != "finished":
+        raise PlanError(f"--run {name} branches from {first.name}, whose first phase has not finished; run it first")
+    if job.state == "finished":
+        print(f"{name} has finished already: nothing to do", flush=True)
+        return 0
+    return sweep.run_local([job], 1, "cpu", duration, done=[first.name] if first else [])
 
 
 def main(argv=None):
@@ -276,19 +288,39 @@ def main(argv=None):
     measured = json.loads((REPO / "tools" / "throughput.json").read_text())
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     throughput = measured.get(device)
+    slots = args.jobs if args.jobs is not None else (torch.cuda.device_count() if device == "cuda" else 1)
     try:
+        problem = sweep.check_slots(device, slots)
+        if problem:
+            raise PlanError(problem)
+        if args.emit and (args.emit[0] not in ("slurm", "commands") or len(args.emit) != (2 if args.emit[0] ==
+                                                                                               "slurm" else 1)):
+            raise PlanError("--emit takes 'slurm DIR' or 'commands'")
         jobs = plan(args, throughput)
         mark_progress(jobs)
-    except PlanError as error:
+        if args.run:
+            return run_one(jobs, args.run)
+        if args.emit and args.emit[0] == "commands":
+            print("\n".join(sweep.emit_commands(base_command(args), jobs)))
+            return 0
+        if args.emit:
+            resources = dict(gpus_per_task=args.gpus_per_task if args.gpus_per_task is not None else
+                             int(device == "cuda"), cpus_per_task=args.cpus_per_task, time=args.time,
+                             partition=args.partition, mem=args.mem, signal_seconds=args.signal_seconds)
+            written = sweep.emit_slurm(args.emit[1], base_command(args), jobs, resources, Path.cwd())
+            print("\n".join(summary(args, jobs, throughput, device)))
+            print(f"wrote {', '.join(str(p) for p in written)}; submit with: bash {written[-1]}")
+            return 0
+    except (PlanError, ValueError) as error:
         print(f"run_table.py: error: {error}", file=sys.stderr)
         return 2
-    print("\n".join(summary(args, jobs, throughput, device)), flush=True)
+    print("\n".join(summary(args, jobs, throughput, device, slots)), flush=True)
     if args.verbose:
         for job in jobs:
             print(f"[{job.kind}, {job.state}] " + " ".join(job.command()[1:]))
     if args.dry_run:
         return 0
-    return execute(jobs, Interrupt())
+    return sweep.run_local(jobs, slots, device, duration)
 
 
 if __name__ == "__main__":
