@@ -22,6 +22,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 CIFAR_MEAN = tuple(x / 255.0 for x in (125.3, 123.0, 113.9))
 CIFAR_STD = tuple(x / 255.0 for x in (63.0, 62.1, 66.7))
+CAO2019_MEAN, CAO2019_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # LDAM-DRW's normalisation
 
 CIFAR_TRAIN_SIZE = 50000
 CIFAR_NUM_CLASSES = {'cifar10': 10, 'cifar100': 100}
@@ -271,18 +272,43 @@ def long_tail_indices(labels, counts, seed):
     return _as_index(np.flatnonzero(keep))
 
 
+def cao2019_long_tail_indices(labels, counts, seed=0):
+    """Indices into `labels` (ascending) of Cao et al.'s (2019) long-tail subset: with numpy seeded once
+    (np.random.seed(seed)), for each class in ascending order, np.random.shuffle of its indices, the
+    first counts[c] kept (their IMBALANCECIFAR10.gen_imbalanced_data)."""
+    labels = labels.cpu().numpy()
+    rng = np.random.RandomState(seed)
+    keep = []
+    for c, count in enumerate(counts):
+        members = np.where(labels == c)[0]
+        rng.shuffle(members)
+        keep.append(members[:count])
+    return _as_index(np.sort(np.concatenate(keep)))
+
+
 def _as_index(array):
     return torch.as_tensor(array, dtype=torch.int64)
 
 
-def build_dataset(data_root, dataset='cifar10', num_meta=10, imb_factor=0.01, profile='exp',
-                  num_classes=None, download=False, workers=0, split_seed=6, imbalance_seed=42):
-    """Load train/test and split the training split as the released code does.
+SPLITS = ('released', 'cao2019')
 
-    First `num_meta` images per class go to the meta set (seed `split_seed`), then the rest is
-    cut to a long tail with img_max = (smallest class's training images) - num_meta, which on
-    balanced CIFAR equals the released (50000 - num_meta * C) / C (seed `imbalance_seed`).
+
+def build_dataset(data_root, dataset='cifar10', num_meta=10, imb_factor=0.01, profile='exp',
+                  num_classes=None, download=False, workers=0, split='released', split_seed=6,
+                  imbalance_seed=None):
+    """Load train/test and cut the training split into a long tail and a balanced meta set.
+
+    ``split='released'`` (MetaSAug's code): first ``num_meta`` images per class go to the meta set
+    (numpy seed 6), then the rest is cut to a long tail with img_max = (smallest class's training
+    images) - num_meta, which on balanced CIFAR equals the released (50000 - num_meta * C) / C
+    (python ``random`` seed 42). ``split='cao2019'`` (LDAM-DRW's code, for its baselines): the long
+    tail is cut from the whole training split with img_max = the smallest class's images (numpy seed
+    0), which keeps every image of the head class; the meta set, which those baselines do not use, is
+    drawn as released from the whole training split and may overlap it (MetaSAug refuses this split).
+    ``split_seed`` seeds the meta draw, ``imbalance_seed`` the long-tail cut (default: the split's own).
     """
+    if split not in SPLITS:
+        raise DataError(f'unknown long-tail split {split!r}; use one of {", ".join(SPLITS)}')
     found = count_classes(data_root, dataset, download)
     if num_classes is not None and num_classes != found:
         raise DataError(f'--data_root {data_root} holds {found} classes but --num_classes is '
@@ -294,11 +320,17 @@ def build_dataset(data_root, dataset='cifar10', num_meta=10, imb_factor=0.01, pr
                         f'({class_names} vs {test_names}); give both splits the same class folders')
     per_class = torch.bincount(train_labels, minlength=len(class_names)).tolist()
     _check_num_meta(num_meta, per_class, class_names)
-
-    meta_idx, pool_idx = meta_split_indices(train_labels, len(class_names), num_meta, split_seed)
-    counts = long_tail_counts(min(per_class) - num_meta, len(class_names), imb_factor, profile)
-    _check_no_empty_class(counts, class_names)
-    train_idx = pool_idx[long_tail_indices(train_labels[pool_idx], counts, imbalance_seed)]
+    if split == 'released':
+        meta_idx, pool_idx = meta_split_indices(train_labels, len(class_names), num_meta, split_seed)
+        counts = long_tail_counts(min(per_class) - num_meta, len(class_names), imb_factor, profile)
+        _check_no_empty_class(counts, class_names)
+        train_idx = pool_idx[long_tail_indices(train_labels[pool_idx], counts,
+                                               42 if imbalance_seed is None else imbalance_seed)]
+    else:
+        counts = long_tail_counts(min(per_class), len(class_names), imb_factor, profile)
+        _check_no_empty_class(counts, class_names)
+        train_idx = cao2019_long_tail_indices(train_labels, counts, 0 if imbalance_seed is None else imbalance_seed)
+        meta_idx = meta_split_indices(train_labels, len(class_names), num_meta, split_seed)[0]
     return LongTailData(train_images=train_images[train_idx], train_labels=train_labels[train_idx],
                         meta_images=train_images[meta_idx], meta_labels=train_labels[meta_idx],
                         test_images=test_images, test_labels=test_labels,
@@ -346,10 +378,11 @@ def draw_augment_params(batch, padding, generator, device=None):
 
 
 def apply_augment(images_uint8, top, left, flip, padding=4, mean=CIFAR_MEAN, std=CIFAR_STD,
-                  dtype=torch.float32):
-    """Reflect-pad, crop back to H x W at (top, left), flip where `flip`, normalise: whole batch at once."""
+                  dtype=torch.float32, pad_mode='reflect'):
+    """Pad (``reflect``, as released, or ``constant`` zeros, as torchvision's RandomCrop(padding=4) and
+    Cao et al.), crop back to H x W at (top, left), flip where `flip`, normalise: whole batch at once."""
     height, width = images_uint8.shape[-2:]
-    padded = F.pad(_to_unit_float(images_uint8, dtype), (padding,) * 4, mode='reflect')
+    padded = F.pad(_to_unit_float(images_uint8, dtype), (padding,) * 4, mode=pad_mode)
     rows = top.to(padded.device)[:, None] + torch.arange(height, device=padded.device)
     cols = left.to(padded.device)[:, None] + torch.arange(width, device=padded.device)
     cols = torch.where(flip.to(padded.device)[:, None], cols.flip(1), cols)
@@ -359,10 +392,11 @@ def apply_augment(images_uint8, top, left, flip, padding=4, mean=CIFAR_MEAN, std
     return _standardize(cropped, mean, std)
 
 
-def augment(images_uint8, generator, padding=4, mean=CIFAR_MEAN, std=CIFAR_STD, dtype=torch.float32):
+def augment(images_uint8, generator, padding=4, mean=CIFAR_MEAN, std=CIFAR_STD, dtype=torch.float32,
+            pad_mode='reflect'):
     """The released train transform (pad 4, random crop, flip, normalise) on a whole uint8 batch."""
     top, left, flip = draw_augment_params(len(images_uint8), padding, generator, images_uint8.device)
-    return apply_augment(images_uint8, top, left, flip, padding, mean, std, dtype)
+    return apply_augment(images_uint8, top, left, flip, padding, mean, std, dtype, pad_mode)
 
 
 def _to_unit_float(images_uint8, dtype):

@@ -158,12 +158,14 @@ def isda_aug_logits(logits, fc_weight, labels, covariance, ratio):
     return logits + 0.5 * sigma2
 
 
-def classification_loss(logits, labels, base="ce", class_weights=None, margins=None, gamma=1.0):
+def classification_loss(logits, labels, base="ce", class_weights=None, margins=None, gamma=1.0, scale=1.0):
     """The base losses, on plain or augmented logits.
 
     - ``ce``: ``cross_entropy(logits, y, weight=class_weights)`` (weighted mean).
     - ``ldam``: ``margins[y]`` subtracted from the true-class logit, then the same cross-entropy;
       no scale ``s``, as in the released MetaSAug code.
+    - ``scale``: the logits (margins subtracted) are multiplied by it before the softmax: Cao et al.'s
+      ``s = 30`` with their normalised classifier; 1 otherwise.
     - ``focal``: ``sum_n w_y (1 - p_y)^gamma (-log p_y) / sum_n w_y`` with ``p = softmax(logits)``
       (Lin et al. 2017 on the softmax; ``gamma = 0`` gives ``ce`` exactly). The authors released no
       focal code; this normalisation matches ``ce``'s weighted mean.
@@ -176,6 +178,8 @@ def classification_loss(logits, labels, base="ce", class_weights=None, margins=N
             raise ValueError("base 'ldam' needs margins (see ldam_margins)")
         true_class = F.one_hot(labels, logits.shape[1]).bool()
         logits = logits - true_class * margins.to(logits)[labels].unsqueeze(1)
+    if scale != 1.0:
+        logits = scale * logits
     if base != "focal":
         return F.cross_entropy(logits, labels, weight=weight)
     log_p = F.log_softmax(logits, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)

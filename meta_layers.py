@@ -78,8 +78,11 @@ class MetaSAug:
         self.model, self.criterion, self.meta_lr = model, criterion, meta_lr
         self.lookahead, self.meta_gradient = lookahead, meta_gradient
         self.classifier = model.get_submodule(classifier)
-        if not hasattr(self.classifier, "weight") or self.classifier.weight.dim() != 2:
-            raise ValueError(f"model.{classifier} must be a linear layer with a [C, A] weight")
+        num_classes = criterion.estimator.covariance.shape[0]
+        weight = getattr(self.classifier, "weight", None)
+        if weight is None or weight.dim() != 2 or weight.shape[0] != num_classes:
+            raise ValueError(f"model.{classifier} must be a linear layer with a [C, A] weight, C = {num_classes} "
+                             f"classes (a normalised classifier such as resnet.NormedLinear is not one)")
         prefix = classifier + "."
         self._names = [name for name, p in model.named_parameters() if p.requires_grad
                        and (lookahead == "all" or name.startswith(prefix))]

@@ -11,7 +11,8 @@ CE_SCRIPT, LDAM_SCRIPT = "MetaSAug_CE_train.py", "MetaSAug_LDAM_train.py"
 METHODS = {  # what each method trains; the rows it gives are in ROWS
     "metasaug": "plain CE until --meta_start, then MetaSAug, class-balanced",
     "metasaug_no_reweight": "as metasaug, without class weights",
-    "isda": "plain CE until --meta_start, then ISDA with the estimated covariance (no meta step), class-balanced",
+    "isda": "plain CE until --meta_start, then ISDA with the covariance estimated before each batch (MetaSAug "
+            "without its meta step), class-balanced",
     "plain": "the base loss alone, every epoch",
     "cb": "the base loss with class-balanced weights, every epoch",
     "drw": "the base loss, class-balanced weights from --meta_start (deferred re-weighting)",
@@ -22,15 +23,18 @@ META_STEPPING = ("metasaug", "metasaug_no_reweight")      # a meta step per iter
 
 @dataclass(frozen=True)
 class Row:
-    """One paper row: the run-name stem, the row's name in the paper, and how to train it."""
+    """One paper row: the run-name stem, the row's name in the paper, and how to train it (``recipe``: the
+    LDAM script's --recipe; the paper ran its LDAM baselines with Cao et al.'s code)."""
     stem: str
     name: str
     script: str
     method: str
     loss: str
+    recipe: str = "released"
 
     def flags(self):
-        return ["--method", self.method] + (["--loss", self.loss] if self.script == CE_SCRIPT else [])
+        flags = ["--method", self.method] + (["--loss", self.loss] if self.script == CE_SCRIPT else [])
+        return flags + (["--recipe", self.recipe] if self.recipe != "released" else [])
 
 
 ROWS = {row.stem: row for row in (
@@ -40,8 +44,8 @@ ROWS = {row.stem: row for row in (
     Row("focal", "Focal loss", CE_SCRIPT, "plain", "focal"),
     Row("cb_focal", "Class-balanced focal loss", CE_SCRIPT, "cb", "focal"),
     Row("metasaug_focal", "MetaSAug with focal loss", CE_SCRIPT, "metasaug", "focal"),
-    Row("ldam", "LDAM loss", LDAM_SCRIPT, "plain", "ldam"),
-    Row("ldam_drw", "LDAM-DRW", LDAM_SCRIPT, "drw", "ldam"),
+    Row("ldam", "LDAM loss", LDAM_SCRIPT, "plain", "ldam", recipe="cao2019"),
+    Row("ldam_drw", "LDAM-DRW", LDAM_SCRIPT, "drw", "ldam", recipe="cao2019"),
     Row("metasaug_ldam", "MetaSAug with LDAM loss", LDAM_SCRIPT, "metasaug", "ldam"),
     Row("metasaug_no_reweight", "MetaSAug w/o re-weighting", CE_SCRIPT, "metasaug_no_reweight", "ce"),
     Row("isda", "MetaSAug w/o meta-learning", CE_SCRIPT, "isda", "ce"),
@@ -74,12 +78,17 @@ TABLES = {
 }
 
 
-def row_name(method, loss):
-    """The paper's name of the row ``method`` with base ``loss`` trains (or a descriptive one)."""
+RECIPE_LABELS = {"released": "MetaSAug's recipe", "cao2019": "Cao et al.'s recipe"}
+
+
+def row_name(method, loss, recipe="released"):
+    """The paper's name of the row ``method`` with base ``loss`` and ``recipe`` trains; a run of the same
+    method and loss under another recipe than the paper's gets the recipe in brackets."""
     for row in ROWS.values():
         if (row.method, row.loss) == (method, loss):
-            return row.name
-    return EXTRA_ROW_NAMES.get((method, loss), f"{method} / {loss}")
+            return row.name if row.recipe == recipe else f"{row.name} ({RECIPE_LABELS.get(recipe, recipe)})"
+    name = EXTRA_ROW_NAMES.get((method, loss), f"{method} / {loss}")
+    return name if recipe == "released" else f"{name} ({RECIPE_LABELS.get(recipe, recipe)})"
 
 
 def method_help():

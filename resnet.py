@@ -102,15 +102,30 @@ class BasicBlock(nn.Module):
         return _relu_jvp(out, tangent + self.shortcut(x_dot))
 
 
+class NormedLinear(nn.Module):
+    """Cao et al.'s (2019) cosine classifier: logits = normalize(features) @ normalize(weight), weight
+    ``[in_features, out_features]`` (their layout and initialisation); scale the logits in the loss."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features))
+        self.weight.data.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)
+
+    def forward(self, x):
+        return F.normalize(x, dim=1).mm(F.normalize(self.weight, dim=0))
+
+
 class ResNet32(nn.Module):
     """ResNet-32 for 32x32 images; ``forward(x) -> (features [N, 64], logits [N, C])``.
 
-    ``feature_dim`` is exposed because the ISDA estimator is sized by it.
+    ``feature_dim`` is exposed because the ISDA estimator is sized by it. ``normed=True`` replaces the
+    linear classifier with Cao et al.'s ``NormedLinear`` (their LDAM baselines); MetaSAug needs the
+    linear one.
     """
 
     feature_dim = 64
 
-    def __init__(self, num_classes=10, num_blocks=(5, 5, 5)):
+    def __init__(self, num_classes=10, num_blocks=(5, 5, 5), normed=False):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -118,7 +133,7 @@ class ResNet32(nn.Module):
         self.layer1 = self._make_layer(16, num_blocks[0], stride=1)
         self.layer2 = self._make_layer(32, num_blocks[1], stride=2)
         self.layer3 = self._make_layer(64, num_blocks[2], stride=2)
-        self.linear = nn.Linear(64, num_classes)
+        self.linear = NormedLinear(64, num_classes) if normed else nn.Linear(64, num_classes)
         self.apply(_kaiming_init)
 
     def _make_layer(self, planes, num_blocks, stride):

@@ -6,9 +6,11 @@ from ``epoch + 1`` (the released off-by-one) while the lookahead uses ``epoch``.
 order and every batch's augmentation are derived from ``(seed, epoch, iteration)``, so a resumed
 run, mid-epoch included, repeats the uninterrupted one exactly.
 """
+import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +21,9 @@ from checkpoint import CheckpointError, RunState, load_checkpoint, load_model_st
 from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, check_resume, clear_files, duration,
                  files_to_clear, flag_clashes, git_commit, interrupt_message, require, require_imb_factor,
                  require_rates, resolve_device, str2bool, training_config)
-from data_utils import (CIFAR_NUM_CLASSES, DataError, augment, batch_generator, build_dataset, epoch_batches,
-                        index_fingerprint, normalize, sample_meta_batch)
+from data_utils import (CAO2019_MEAN, CAO2019_STD, CIFAR_MEAN, CIFAR_NUM_CLASSES, CIFAR_STD, SPLITS, DataError,
+                        augment, batch_generator, build_dataset, epoch_batches, index_fingerprint, normalize,
+                        sample_meta_batch)
 from figures import confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
 from loss import MetaSAugLoss, classification_loss
 from meta_layers import LOOKAHEADS, META_GRADIENTS, MetaSAug, augmentation_ratio
@@ -32,7 +35,8 @@ from resnet import ResNet32
 RESUME_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_profile", "batch_size",
                      "epochs", "lr", "momentum", "nesterov", "weight_decay", "seed", "lam", "meta_lr",
                      "meta_start", "lr_milestones", "loss", "gamma", "max_m", "beta", "lookahead",
-                     "max_train_batches", "method", "amp", "eval_every", "channels_last", "max_test_batches")
+                     "max_train_batches", "method", "amp", "eval_every", "channels_last", "max_test_batches",
+                     "recipe", "split")
 
 
 # Flags the first phase (every epoch before --meta_start) depends on; with the first phase's loss
@@ -40,7 +44,7 @@ RESUME_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_pr
 PHASE1_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_profile", "seed", "batch_size",
                      "epochs", "lr", "lr_milestones", "momentum", "nesterov", "weight_decay", "meta_start",
                      "channels_last", "amp", "compile", "max_train_batches", "eval_every", "max_test_batches",
-                     "test_batch_size")
+                     "test_batch_size", "recipe", "split")
 
 
 def first_phase_loss(method, base, beta, max_m, gamma):
@@ -53,6 +57,43 @@ def first_phase_loss(method, base, beta, max_m, gamma):
         return "cross-entropy"
     text = {"ce": "cross-entropy", "ldam": f"LDAM loss (max_m {max_m})", "focal": f"focal loss (gamma {gamma})"}[base]
     return f"class-balanced (beta {beta}) {text}" if method == "cb" and beta else text
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe: the flag defaults it sets (a flag given on the command line still wins) and
+    what it fixes beyond flags."""
+    flags: dict = field(default_factory=dict)
+    normed_classifier: bool = False   # resnet.NormedLinear instead of a linear layer
+    logit_scale: float = 1.0          # logits x s before the softmax (loss.classification_loss)
+    warmup_epochs: int = 0            # linear learning-rate warm-up: lr x (epoch + 1) / warmup_epochs
+    lr_from_next_epoch: bool = True   # the released off-by-one: the rate of 0-based epoch e is set from e + 1
+    pad_mode: str = "reflect"         # of the random crop's 4-pixel padding
+    mean: tuple = CIFAR_MEAN
+    std: tuple = CIFAR_STD
+
+
+RECIPES = {
+    # MetaSAug's released scripts: every flag default of this file.
+    "released": Recipe(),
+    # Cao et al. (2019), LDAM-DRW's released cifar_train.py and models/resnet_cifar.py, which the paper
+    # ran for its LDAM and LDAM-DRW rows: batch 128, weight decay 2e-4, no Nesterov, a 5-epoch linear
+    # warm-up, lr x0.01 at 0-based epochs 160 and 180, a normalised last layer with s = 30, zero-padded
+    # crops, their normalisation and long-tail subset, DRW (beta 0.9999) from epoch 160.
+    "cao2019": Recipe(flags=dict(batch_size=128, weight_decay=2e-4, nesterov=False, lr_milestones=[160, 180],
+                                 meta_start=160, beta=0.9999, max_m=0.5, split="cao2019"),
+                      normed_classifier=True, logit_scale=30.0, warmup_epochs=5, lr_from_next_epoch=False,
+                      pad_mode="constant", mean=CAO2019_MEAN, std=CAO2019_STD),
+}
+
+
+def long_tail_split(text):
+    """--split: 'released' or 'cao2019'; an integer (the released script's unused --split 1000) means released."""
+    if text in SPLITS:
+        return text
+    if text.isdigit():
+        return "released"
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(SPLITS)}, got {text!r}")
 
 
 THROUGHPUT = Path(__file__).with_name("tools") / "throughput.json"
@@ -85,7 +126,10 @@ def build_parser(prog, description, losses):
     released.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=5e-4,
                           help="SGD weight decay")
     released.add_argument("--no-cuda", dest="no_cuda", action="store_true", help="same as --device cpu")
-    released.add_argument("--split", type=int, default=1000, help="unused, as in the released script")
+    released.add_argument("--split", type=long_tail_split, default="released",
+                          help="long-tail subset: 'released' (MetaSAug's: meta set removed first, numpy seed 6, "
+                               "random seed 42) or 'cao2019' (LDAM-DRW's: numpy seed 0, whole training split); "
+                               "an integer, the released script's unused --split 1000, means released")
     released.add_argument("--seed", type=int, default=42, help="model init, data order, augmentation")
     released.add_argument("--print-freq", "-p", dest="print_freq", type=int, default=100,
                           help="iterations between progress lines")
@@ -101,8 +145,15 @@ def build_parser(prog, description, losses):
     if len(losses) > 1:
         added.add_argument("--loss", choices=losses, default=losses[0],
                            help="base loss of the MetaSAug phase ('focal': Table 1 'MetaSAug with focal loss')")
+        p.set_defaults(recipe="released")
     else:
         p.set_defaults(loss=losses[0])
+        added.add_argument("--recipe", choices=tuple(RECIPES), default="released",
+                           help="released: MetaSAug's recipe (every default here); cao2019: Cao et al.'s LDAM-DRW "
+                                "code, as the paper ran its LDAM and LDAM-DRW rows (--method plain or drw): "
+                                "batch 128, weight decay 2e-4, no Nesterov (flags given still win), a 5-epoch "
+                                "warm-up, lr x0.01 at 0-based epochs 160 and 180, a normalised classifier with "
+                                "s = 30, zero-padded crops, their normalisation, --split cao2019")
     added.add_argument("--gamma", type=float, default=1.0, help="focal loss exponent")
     added.add_argument("--max_m", type=float, default=0.5, help="largest LDAM margin")
     added.add_argument("--beta", type=float, default=0.9999, help="class-balanced weights' beta")
@@ -157,6 +208,13 @@ def validate_args(args):
             non_negative=("workers",), caps=("max_train_batches", "max_test_batches"))
     require_rates(args)
     require_imb_factor(args.imb_factor)
+    if RECIPES[args.recipe].normed_classifier and args.method in AUGMENTED:
+        raise UsageError(f"--recipe {args.recipe} trains Cao et al.'s baselines (--method plain, drw or cb): its "
+                         f"normalised classifier has no ISDA augmentation; use --recipe released for --method "
+                         f"{args.method}")
+    if args.split == "cao2019" and args.method in META_STEPPING:
+        raise UsageError(f"--split cao2019 keeps every training image of the head class, so no meta set can be "
+                         f"held out for --method {args.method}; use --split released")
     if args.first_phase_only and not 1 <= args.meta_start <= args.epochs:
         raise UsageError(f"--first_phase_only needs a first phase: 1 <= --meta_start <= --epochs, got "
                          f"--meta_start {args.meta_start} and --epochs {args.epochs}")
@@ -226,6 +284,7 @@ class Run:
 
     def __init__(self, args, data, resume_state=None, init_state=None):
         self.args = args
+        self.recipe = RECIPES[args.recipe]
         self.device = resolve_device("cpu" if args.no_cuda else args.device, args.gpu)
         self.data = data.to(self.device)
         self.train_index_sha256 = index_fingerprint(data.train_indices)
@@ -242,14 +301,17 @@ class Run:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        self.model = ResNet32(args.num_classes).to(self.device, memory_format=self.memory_format)
+        self.model = ResNet32(args.num_classes, normed=self.recipe.normed_classifier).to(
+            self.device, memory_format=self.memory_format)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                          nesterov=args.nesterov, weight_decay=args.weight_decay)
         beta = None if args.beta == 0 or args.method in ("metasaug_no_reweight", "plain") else args.beta
         self.criterion = MetaSAugLoss(ResNet32.feature_dim, args.num_classes, data.cls_num_list, base=args.loss,
                                       beta=beta, max_m=args.max_m, gamma=args.gamma).to(self.device)
-        self.meta = MetaSAug(self.model, self.criterion, meta_lr=args.meta_lr, lookahead=args.lookahead,
-                             meta_gradient=args.meta_gradient)
+        self.meta = None
+        if args.method in META_STEPPING:
+            self.meta = MetaSAug(self.model, self.criterion, meta_lr=args.meta_lr, lookahead=args.lookahead,
+                                 meta_gradient=args.meta_gradient)
         self.forward_model = torch.compile(self.model) if args.compile else self.model
         self.state = RunState()
         if resume_state is not None:
@@ -270,11 +332,14 @@ class Run:
         self.state = RunState.from_checkpoint(checkpoint)
 
     def schedule(self, epoch):
-        """(optimizer lr, lookahead step size, augmentation ratio) of 0-based ``epoch``: the optimizer's
-        rate is taken at ``epoch + 1``, the lookahead's at ``epoch`` (the released off-by-one)."""
-        args = self.args
-        return (learning_rate(epoch + 1, args.lr, args.lr_milestones),
-                learning_rate(epoch, args.lr, args.lr_milestones), augmentation_ratio(args.lam, epoch, args.epochs))
+        """(optimizer lr, lookahead step size, augmentation ratio) of 0-based ``epoch``. Released recipe: the
+        optimizer's rate is taken at ``epoch + 1``, the lookahead's at ``epoch`` (the released off-by-one);
+        cao2019: the rate of ``epoch`` after a linear warm-up."""
+        args, recipe = self.args, self.recipe
+        lr = learning_rate(epoch + recipe.lr_from_next_epoch, args.lr, args.lr_milestones)
+        if epoch < recipe.warmup_epochs:
+            lr *= (epoch + 1) / recipe.warmup_epochs
+        return (lr, learning_rate(epoch, args.lr, args.lr_milestones), augmentation_ratio(args.lam, epoch, args.epochs))
 
     def _checkpoint(self):
         """The released checkpoint keys, plus the run state and what --resume and --init_from check."""
@@ -286,7 +351,9 @@ class Run:
     def augmented_batch(self, images, labels, index, *keys):
         """Images ``index`` augmented on the device; ``keys`` name the random stream (same keys, same batch)."""
         generator = batch_generator(self.args.seed, *keys, device=self.device)
-        return augment(images[index], generator).contiguous(memory_format=self.memory_format), labels[index]
+        recipe = self.recipe
+        images = augment(images[index], generator, mean=recipe.mean, std=recipe.std, pad_mode=recipe.pad_mode)
+        return images.contiguous(memory_format=self.memory_format), labels[index]
 
     def train_step(self, epoch, iteration, index, lookahead_lr, ratio):
         x, y = self.augmented_batch(self.data.train_images, self.data.train_labels, index,
@@ -308,16 +375,17 @@ class Run:
         if method in AUGMENTED and not second_phase:
             _, logits = self.forward_model(x)
             loss = F.cross_entropy(logits, y)
-        elif method == "isda":
+        elif method == "isda":  # MetaSAug without its meta step: the estimate before this batch, then the update
             features, logits = self.forward_model(x)
             estimator = self.criterion.estimator
+            covariance = estimator.covariance.clone()
             estimator.update(features.detach(), y)
-            loss = self.criterion(logits, self.model.linear.weight, y, estimator.covariance, ratio)
+            loss = self.criterion(logits, self.model.linear.weight, y, covariance, ratio)
         elif method not in AUGMENTED:
             _, logits = self.forward_model(x)
             reweight = method == "cb" or (method == "drw" and second_phase)
             loss = classification_loss(logits, y, self.args.loss, self.criterion.class_weights if reweight else None,
-                                       self.criterion.margins, self.args.gamma)
+                                       self.criterion.margins, self.args.gamma, self.recipe.logit_scale)
         else:
             generator = batch_generator(self.args.seed, "meta", epoch, iteration, device=self.device)
             meta_index = sample_meta_batch(len(self.data.meta_labels), self.args.batch_size, generator)
@@ -332,7 +400,8 @@ class Run:
         labels = self.data.test_labels[subset]
         with self.autocast():
             predictions = predict(self.forward_model, self.data.test_images[subset], self.args.test_batch_size,
-                                  lambda images: normalize(images).contiguous(memory_format=self.memory_format))
+                                  lambda images: normalize(images, self.recipe.mean, self.recipe.std).contiguous(
+                                      memory_format=self.memory_format))
         per_class = per_class_accuracy(predictions, labels, self.args.num_classes)
         confusion = confusion_matrix(predictions, labels, self.args.num_classes)
         return top1_accuracy(predictions, labels), per_class, confusion
@@ -514,7 +583,7 @@ class Run:
         spectrum = {}
         if self.criterion.estimator.amount[self.rarest] > 0:
             spectrum["isda"] = top_singular_values(self.criterion.estimator.covariance[self.rarest])
-        if self.meta.learned_covariance is not None:
+        if self.meta is not None and self.meta.learned_covariance is not None:
             spectrum["meta_learned"] = top_singular_values(self.meta.learned_covariance[self.rarest])
         return spectrum
 
@@ -566,8 +635,18 @@ class Run:
         return 0
 
 
+def parse_args(prog, description, losses, argv=None):
+    """The flags, with the defaults of the --recipe they name."""
+    parser = build_parser(prog, description, losses)
+    args = parser.parse_args(argv)
+    if RECIPES[args.recipe].flags:
+        parser.set_defaults(**RECIPES[args.recipe].flags)
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(prog, description, losses, argv=None):
-    args = build_parser(prog, description, losses).parse_args(argv)
+    args = parse_args(prog, description, losses, argv)
     try:
         validate_args(args)
         resolve_device("cpu" if args.no_cuda else args.device, args.gpu)
@@ -584,7 +663,7 @@ def main(prog, description, losses, argv=None):
             check_init_from(args, init_state)
         args.data_root = args.data_root or str(Path("data") / args.dataset)
         data = build_dataset(args.data_root, args.dataset, args.num_meta, args.imb_factor, args.imb_profile,
-                             args.num_classes, args.download, args.workers)
+                             args.num_classes, args.download, args.workers, args.split)
         run = Run(args, data, resume_state, init_state)
         del resume_state, init_state
         clear_files(stale, args.save_name)

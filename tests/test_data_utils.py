@@ -11,10 +11,10 @@ import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from data_utils import (CIFAR_MEAN, CIFAR_STD, DataError, LongTailData, apply_augment, augment,
-                        batch_generator, build_dataset, draw_augment_params, epoch_batches,
-                        get_img_num_per_cls, load_split, long_tail_counts, long_tail_indices,
-                        meta_split_indices, normalize, sample_meta_batch)
+from data_utils import (CAO2019_MEAN, CAO2019_STD, CIFAR_MEAN, CIFAR_STD, DataError, LongTailData, apply_augment,
+                        augment, batch_generator, build_dataset, cao2019_long_tail_indices, draw_augment_params,
+                        epoch_batches, get_img_num_per_cls, index_fingerprint, load_split, long_tail_counts,
+                        long_tail_indices, meta_split_indices, normalize, sample_meta_batch)
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / 'shared' / 'reference' / 'golden' / 'released_metasaug_cifar.pt'
 
@@ -327,6 +327,42 @@ def test_unknown_dataset_without_folders(tmp_path):
         load_split(tmp_path, 'train', dataset='svhn')
 
 
+def _cao2019_split(targets, img_num_list):
+    """Cao et al.'s IMBALANCECIFAR10.gen_imbalanced_data, transcribed line by line (global numpy seed 0)."""
+    np.random.seed(0)
+    targets_np = np.array(targets, dtype=np.int64)
+    classes = np.unique(targets_np)
+    kept = []
+    for the_class, the_img_num in zip(classes, img_num_list):
+        idx = np.where(targets_np == the_class)[0]
+        np.random.shuffle(idx)
+        selec_idx = idx[:the_img_num]
+        kept.extend(selec_idx.tolist())
+    return kept
+
+
+def test_cao2019_split_matches_its_transcription():
+    numpy_state = np.random.get_state()
+    try:
+        targets = np.random.RandomState(1).randint(0, 5, 400).tolist()
+        img_num = long_tail_counts(min(np.bincount(targets)), 5, 0.1)
+        expected = sorted(_cao2019_split(targets, img_num))
+    finally:
+        np.random.set_state(numpy_state)
+    assert cao2019_long_tail_indices(torch.tensor(targets), img_num, seed=0).tolist() == expected
+
+
+def test_build_cao2019_split(folder_root):
+    data = build_dataset(folder_root, num_meta=4, imb_factor=0.5, split='cao2019')
+    released = build_dataset(folder_root, num_meta=4, imb_factor=0.5)
+    per_class = torch.bincount(load_split(folder_root, 'train')[1]).tolist()
+    assert data.cls_num_list == long_tail_counts(min(per_class), len(per_class), 0.5)  # no meta images removed
+    assert sum(data.cls_num_list) > sum(released.cls_num_list)
+    assert torch.bincount(data.meta_labels).tolist() == [4] * len(per_class)  # drawn from the whole split
+    assert index_fingerprint(data.train_indices) != index_fingerprint(released.train_indices)
+    assert index_fingerprint(data.train_indices) == index_fingerprint(data.train_indices.flip(0))  # order-free
+
+
 # ---------------------------------------------------------------------------------------------
 # Transforms
 # ---------------------------------------------------------------------------------------------
@@ -336,23 +372,27 @@ def _random_images(n, height=32, width=32, seed=0):
                          generator=torch.Generator().manual_seed(seed))
 
 
-def _reference_augment(image, top, left, flip, padding):
-    """The released per-image PIL path: reflect pad, crop at (top, left), flip, ToTensor, Normalize."""
+def _reference_augment(image, top, left, flip, padding, padding_mode='reflect', mean=CIFAR_MEAN, std=CIFAR_STD):
+    """The per-image PIL path: pad (released: reflect; Cao et al.: RandomCrop's zero fill), crop at
+    (top, left), flip, ToTensor, Normalize."""
     pil = TF.to_pil_image(image)
-    pil = TF.pad(pil, [padding], padding_mode='reflect')
+    pil = TF.pad(pil, [padding], padding_mode=padding_mode)
     pil = TF.crop(pil, top, left, image.shape[1], image.shape[2])
     if flip:
         pil = TF.hflip(pil)
-    return TF.normalize(TF.to_tensor(pil), CIFAR_MEAN, CIFAR_STD)
+    return TF.normalize(TF.to_tensor(pil), mean, std)
 
 
 @pytest.mark.parametrize('shape', [(32, 32), (8, 12)])
-def test_augment_matches_per_image_reference(shape):
+@pytest.mark.parametrize('recipe', ['released', 'cao2019'])
+def test_augment_matches_per_image_reference(shape, recipe):
     images = _random_images(24, *shape)
     top, left, flip = draw_augment_params(len(images), 4, torch.Generator().manual_seed(1), 'cpu')
-    batch = apply_augment(images, top, left, flip, padding=4)
+    mode, mean, std = (('reflect', CIFAR_MEAN, CIFAR_STD) if recipe == 'released' else
+                       ('constant', CAO2019_MEAN, CAO2019_STD))
+    batch = apply_augment(images, top, left, flip, padding=4, mean=mean, std=std, pad_mode=mode)
     for k in range(len(images)):
-        expected = _reference_augment(images[k], int(top[k]), int(left[k]), bool(flip[k]), 4)
+        expected = _reference_augment(images[k], int(top[k]), int(left[k]), bool(flip[k]), 4, mode, mean, std)
         torch.testing.assert_close(batch[k], expected, rtol=0, atol=1e-6)
 
 

@@ -4,10 +4,14 @@ import io
 import json
 
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import trainer
 from conftest import make_tree, train_flags
+from data_utils import CAO2019_MEAN, CAO2019_STD, build_dataset
+from resnet import NormedLinear
 from tools import report
 
 METHODS = ("plain", "cb", "drw", "isda", "metasaug_no_reweight", "metasaug")
@@ -130,3 +134,99 @@ def test_amp_runs_both_phases_in_bfloat16(tmp_path):
         assert "meta_learned" in result["covariance_spectrum"]  # the MetaSAug phase ran
         losses[amp] = [entry["train_loss"] for entry in result["history"]]
     assert all(a != b for a, b in zip(losses[True], losses[False]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes: Cao et al.'s LDAM-DRW recipe on the LDAM script
+# ---------------------------------------------------------------------------------------------
+
+LDAM_SCRIPT = "MetaSAug_LDAM_train.py"
+
+
+def cao_run(data, tmp_path, *extra):
+    args = trainer.parse_args(LDAM_SCRIPT, "d", ("ldam",), [str(f) for f in train_flags(data, tmp_path)] +
+                              ["--recipe", "cao2019", "--method", "drw", *map(str, extra)])
+    trainer.validate_args(args)
+    built = build_dataset(args.data_root, num_meta=args.num_meta, imb_factor=args.imb_factor,
+                          num_classes=args.num_classes, split=args.split)
+    return trainer.Run(args, built)
+
+
+def test_cao2019_recipe_reaches_optimizer_network_loss_and_data(tmp_path):
+    data = make_tree(tmp_path / "data", 4, train=40, test=10)
+    run = cao_run(data, tmp_path)
+    args = run.args
+    assert (args.weight_decay, args.nesterov, args.split) == (2e-4, False, "cao2019")
+    defaults = trainer.parse_args(LDAM_SCRIPT, "d", ("ldam",), ["--recipe", "cao2019"])
+    assert (defaults.batch_size, defaults.lr_milestones, defaults.meta_start, defaults.beta) == (128, [160, 180], 160,
+                                                                                                0.9999)
+    group = run.optimizer.param_groups[0]
+    assert (group["weight_decay"], group["nesterov"], group["momentum"]) == (2e-4, False, 0.9)
+    assert isinstance(run.model.linear, NormedLinear) and run.meta is None
+    assert run.data.cls_num_list == [40, 18, 8, 4]  # Cao's subset: no meta images taken out first
+    # 5-epoch warm-up, then x0.01 at 0-based epoch 2 (train_flags' --lr_milestones 2, no off-by-one)
+    assert [run.schedule(e)[0] for e in range(4)] == pytest.approx([0.02, 0.04, 0.0006, 0.0008])
+    # s = 30 on the normalised logits, margins subtracted first
+    x = torch.rand(6, 3, 8, 8)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    loss, logits = run._loss(x, y, epoch=0, iteration=0, lookahead_lr=0.1, ratio=0.0)
+    shifted = logits - F.one_hot(y, 4) * run.criterion.margins[y].unsqueeze(1)
+    assert loss.item() == pytest.approx(F.cross_entropy(30 * shifted, y).item(), rel=1e-6)
+    assert logits.abs().max() <= 1 + 1e-6  # cosine logits
+    # zero-padded crops: a white image gains black (0) borders, normalised with Cao's mean and std
+    white = torch.full((64, 3, 8, 8), 255, dtype=torch.uint8)
+    batch, _ = run.augmented_batch(white, torch.zeros(64, dtype=torch.long), torch.arange(64), "augment", 0, 0)
+    black = (0 - torch.tensor(CAO2019_MEAN)) / torch.tensor(CAO2019_STD)
+    assert torch.isclose(batch.amin(dim=(0, 2, 3)), black, atol=1e-5).all()
+
+
+def test_cao2019_recipe_flags_given_still_win_and_bad_combinations_are_refused(tmp_path, capsys):
+    data = make_tree(tmp_path / "data", 4, train=40, test=10)
+    run = cao_run(data, tmp_path, "--batch-size", 16, "--split", "released")
+    assert (run.args.batch_size, run.args.split, run.args.weight_decay) == (16, "released", 2e-4)
+    for extra, message in ((["--method", "metasaug"], "no ISDA augmentation; use --recipe released"),
+                           (["--method", "isda"], "no ISDA augmentation"),
+                           (["--recipe", "released", "--split", "cao2019", "--method", "metasaug"],
+                            "no meta set can be held out")):
+        flags = [str(f) for f in train_flags(data, tmp_path / "bad")] + ["--recipe", "cao2019", *extra]
+        assert trainer.main(LDAM_SCRIPT, "d", ("ldam",), flags) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit):  # the CE script has no --recipe
+        trainer.parse_args("MetaSAug_CE_train.py", "d", ("ce", "focal"), ["--recipe", "cao2019"])
+    assert trainer.parse_args(LDAM_SCRIPT, "d", ("ldam",), ["--split", "1000"]).split == "released"  # released flag
+
+
+def test_cao2019_tiny_run_end_to_end(tmp_path):
+    data = make_tree(tmp_path / "data", 4, train=40, test=10)
+    flags = [str(f) for f in train_flags(data, tmp_path)] + ["--recipe", "cao2019", "--method", "drw"]
+    assert trainer.main(LDAM_SCRIPT, "d", ("ldam",), flags) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["config"]["recipe"] == "cao2019" and result["cls_num_list"] == [40, 18, 8, 4]
+    assert [h["lr"] for h in result["history"]] == pytest.approx([0.02, 0.04, 0.0006])
+    assert report.row_name("drw", "ldam", "cao2019") == "LDAM-DRW"
+    assert report.row_name("drw", "ldam", "released") == "LDAM-DRW (MetaSAug's recipe)"
+
+
+def test_isda_ablation_is_metasaug_without_its_meta_step(tmp_path):
+    """With --meta_lr 0 the meta step leaves the covariance as estimated: MetaSAug's loss is then the
+    isda ablation's, iteration after iteration (same estimate before each batch, same update after)."""
+    data = make_tree(tmp_path / "data", 4, train=40, test=10)
+    runs = {}
+    for method in ("isda", "metasaug"):
+        args = trainer.parse_args("MetaSAug_CE_train.py", "d", ("ce", "focal"),
+                                  [str(f) for f in train_flags(data, tmp_path / method)] +
+                                  ["--method", method, "--meta_lr", "0", "--channels_last", "false"])
+        trainer.validate_args(args)
+        runs[method] = trainer.Run(args, build_dataset(args.data_root, num_meta=2, imb_factor=0.1, num_classes=4))
+    generator = torch.Generator().manual_seed(0)
+    for iteration in range(3):
+        x, y = torch.rand(8, 3, 8, 8, generator=generator), torch.randint(0, 4, (8,), generator=generator)
+        losses = [run._loss(x, y, epoch=1, iteration=iteration, lookahead_lr=0.1, ratio=0.5)[0]
+                  for run in runs.values()]
+        assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5), iteration
+        for run in runs.values():
+            run.optimizer.zero_grad()
+    estimators = [run.criterion.estimator.covariance for run in runs.values()]
+    assert estimators[0].abs().sum() > 0 and torch.allclose(*estimators, atol=1e-6)

@@ -42,7 +42,8 @@ def load_runs(folder):
         tested, whole = test_images(result)
         protocol = ", ".join(f"{k} {config.get(k, 1 if k == 'eval_every' else None)}" for k in PROTOCOL_KEYS)
         protocol += f", test images {tested}" + ("" if tested == whole else f" of {whole} {PARTIAL}")
-        runs.append(dict(row=row_name(config.get("method", "metasaug"), result["base_loss"]),
+        runs.append(dict(row=row_name(config.get("method", "metasaug"), result["base_loss"],
+                                      config.get("recipe", "released")),
                          dataset=config["dataset"], imbalance=round(1 / config["imb_factor"]), protocol=protocol,
                          partial=tested != whole, seed=result["seed"], final=result["final_top1_error"],
                          best=result["best_top1_error"], shots=result["shot_accuracy"],
