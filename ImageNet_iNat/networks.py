@@ -128,6 +128,17 @@ def load_weights(model, checkpoint, path, num_classes):
     return layout
 
 
+def load_backbone(model, checkpoint, path):
+    """Load only the feature extractor of any accepted layout into ``model`` (a ``FeatureClassifier``),
+    e.g. an ImageNet-pretrained torchvision ResNet; its classifier, for other classes, is not used."""
+    feature, _, layout = split_state(checkpoint, path)
+    try:
+        load_model_state(model.backbone, feature)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path} ({layout}) feature extractor: {error}; check --arch") from None
+    return layout
+
+
 def released_state(model):
     """``{'feature', 'classifier'}`` as in the released MetaSAug checkpoints (classifier keys fc.*)."""
     return {"feature": model.backbone.state_dict(),

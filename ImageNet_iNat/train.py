@@ -33,19 +33,71 @@ from dist_utils import (GlobalBatchEstimatorCV, average_gradients, broadcast_fro
 from evaluation import evaluate, format_shots, make_loader  # noqa: E402
 from loss import MetaSAugLoss  # noqa: E402
 from meta_layers import MetaSAug, augmentation_ratio  # noqa: E402
-from networks import ARCHS, FeatureClassifier, crt_state, load_weights, released_state  # noqa: E402
+from networks import ARCHS, FeatureClassifier, crt_state, load_backbone, load_weights, released_state  # noqa: E402
 
 PROG = "ImageNet_iNat/train.py"
 
-# Defaults that depend on the stage: (stage 1 = cRT uniform sampling, stage 2 = MetaSAug's train.sh).
-STAGE_DEFAULTS = {
-    1: dict(batch_size=512, epochs=90, lr=0.2, nesterov=False),
-    2: dict(batch_size=256, epochs=20, lr=3e-4, nesterov=True),
+# Recipes: the defaults of --batch_size, --epochs, --lr, --lr_milestones, --nesterov and --weight-decay for
+# each (recipe, stage, dataset), every value with its source. "released" produced the released checkpoints:
+# MetaSAug's train.sh for stage 2 on every dataset, cRT's "uniform sampling" configs for stage 1. "paper"
+# follows the paper's text (Sec. 4.3 ImageNet-LT, Sec. 4.4 iNaturalist) and says how each value it does not
+# state was chosen. A flag given on the command line still wins. Empty --lr_milestones: constant (stage 2)
+# or cosine (stage 1) learning rate; otherwise x0.1 at each milestone.
+NOT_STATED = "not stated in the paper: "
+RELEASED_STAGE2 = dict(batch_size=(256, "MetaSAug train.sh"), epochs=(20, "MetaSAug train.sh"),
+                       lr=(3e-4, "MetaSAug train.sh (constant; also the lookahead step)"),
+                       lr_milestones=([], "MetaSAug train.sh: no decay"), nesterov=(True, "MetaSAug train.py"),
+                       weight_decay=(5e-4, "MetaSAug train.py"))
+CRT_STAGE1 = dict(batch_size=(512, "cRT stage_1 config"), lr=(0.2, "cRT stage_1 config"),
+                  lr_milestones=([], "cRT stage_1 config: cosine to --end_lr"), nesterov=(False, "cRT stage_1 config"))
+PAPER_INAT_STAGE2 = dict(batch_size=(64, "paper Sec. 4.4"),
+                         lr=(1e-4, "paper Sec. 4.4: 'decay the learning rate to 0.0001' in the meta-learning stage"),
+                         lr_milestones=([], NOT_STATED + "constant, as released"),
+                         epochs=(20, NOT_STATED + "the released 20"), nesterov=(True, NOT_STATED + "the released value"),
+                         weight_decay=(5e-4, NOT_STATED + "the released value"))
+PAPER_INAT_STAGE1 = dict(batch_size=(64, "paper Sec. 4.4"), lr=(0.01, "paper Sec. 4.4"),
+                         lr_milestones=([], NOT_STATED + "cRT's cosine"), nesterov=(False, NOT_STATED + "cRT's"),
+                         weight_decay=(1e-4, NOT_STATED + "cRT's iNaturalist value"))
+RECIPES = {
+    **{("released", 2, dataset): RELEASED_STAGE2 for dataset in DATASETS},
+    ("released", 1, "ImageNet_LT"): dict(CRT_STAGE1, epochs=(90, "cRT ImageNet_LT stage_1 config"),
+                                         weight_decay=(5e-4, "cRT ImageNet_LT stage_1 config")),
+    ("released", 1, "iNaturalist18"): dict(CRT_STAGE1, epochs=(200, "cRT iNaturalist18 stage_1 config"),
+                                           weight_decay=(1e-4, "cRT iNaturalist18 stage_1 config")),
+    ("released", 1, "iNaturalist17"): dict(CRT_STAGE1, epochs=(200, "no cRT config for iNat 2017: its iNat 2018 one"),
+                                           weight_decay=(1e-4, "no cRT config for iNat 2017: its iNat 2018 one")),
+    ("paper", 1, "ImageNet_LT"): dict(batch_size=(64, "paper Sec. 4.3"),
+                                      lr=(0.025, NOT_STATED + "cRT's 0.2 scaled to batch 64"),
+                                      lr_milestones=([60, 80], "paper Sec. 4.3: x0.1 at epochs 60 and 80"),
+                                      epochs=(90, NOT_STATED + "cRT's 90 (the decays need more than 80)"),
+                                      nesterov=(False, NOT_STATED + "cRT's"), weight_decay=(5e-4, "paper Sec. 4.1")),
+    ("paper", 2, "ImageNet_LT"): dict(RELEASED_STAGE2, batch_size=(64, "paper Sec. 4.3"),
+                                      lr=(3e-4, NOT_STATED + "the released value"),
+                                      epochs=(20, NOT_STATED + "the released 20")),
+    ("paper", 1, "iNaturalist17"): dict(PAPER_INAT_STAGE1, epochs=(90, NOT_STATED + "cRT's ImageNet count")),
+    ("paper", 1, "iNaturalist18"): dict(PAPER_INAT_STAGE1, epochs=(200, NOT_STATED + "cRT's iNaturalist count")),
+    ("paper", 2, "iNaturalist17"): PAPER_INAT_STAGE2,
+    ("paper", 2, "iNaturalist18"): PAPER_INAT_STAGE2,
 }
+# The backbone the paper's stage 1 starts from (Sec. 4.4, following Jamal et al.): give it as --pretrained.
+PAPER_PRETRAINING = {"ImageNet_LT": "none (random initialisation, as cRT)",
+                     "iNaturalist17": "ImageNet (a torchvision ResNet state_dict)",
+                     "iNaturalist18": "ImageNet, then iNaturalist 2017 (a stage-1 checkpoint of iNaturalist17)"}
+def recipes_markdown():
+    """The recipe table of ImageNet_iNat/README.md (a test keeps the two equal)."""
+    flags = ("batch_size", "epochs", "lr", "lr_milestones", "nesterov", "weight_decay")
+    lines = ["| recipe | stage | dataset | " + " | ".join(f"`--{f}`" for f in flags) + " |",
+             "|---" * (len(flags) + 3) + "|"]
+    for (recipe, stage, dataset), values in RECIPES.items():
+        lines.append(f"| {recipe} | {stage} | {dataset} | " + " | ".join(
+            f"{values[f][0]} ({values[f][1]})" for f in flags) + " |")
+    return "\n".join(lines)
+
+
 # Flags whose change would make a resumed run another experiment (--epochs may be raised).
 RESUME_MUST_MATCH = ("stage", "dataset", "num_classes", "num_meta", "arch", "batch_size", "lr", "momentum",
                      "nesterov", "weight_decay", "seed", "lam", "meta_lr", "beta", "image_size",
-                     "sync_covariance", "max_train_batches", "end_lr")
+                     "sync_covariance", "max_train_batches", "end_lr", "recipe", "lr_milestones", "pretrained")
 
 
 def build_parser():
@@ -58,23 +110,22 @@ def build_parser():
                           help="folder the split files' relative image paths start from (default data/<dataset>)")
     released.add_argument("--batch_size", type=int, default=None,
                           help="GLOBAL batch size: split evenly over all torchrun processes (as released, "
-                               "where 256 on 4 GPUs meant 64 per GPU); default 256 (stage 2) / 512 (stage 1)")
+                               "where 256 on 4 GPUs meant 64 per GPU); default: the --recipe's")
     released.add_argument("--num_classes", type=int, default=None,
                           help="default: the dataset's (1000 / 8142 / 5089)")
     released.add_argument("--num_meta", type=int, default=None,
                           help="meta images per class; default as released: 10 (ImageNet_LT, from the val "
                                "split), 2 (iNaturalist18), 5 (iNaturalist17) (both from the training list)")
     released.add_argument("--test_batch_size", type=int, default=512, help="global evaluation batch size")
-    released.add_argument("--epochs", type=int, default=None, help="default 20 (stage 2) / 90 (stage 1)")
+    released.add_argument("--epochs", type=int, default=None, help="default: the --recipe's")
     released.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
-                          help="learning rate, also the lookahead step; default 3e-4 (stage 2, constant) / "
-                               "0.2 (stage 1, cosine to --end_lr)")
+                          help="learning rate, also the lookahead step; default: the --recipe's")
     released.add_argument("--workers", type=int, default=8, help="DataLoader processes per training process")
     released.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     released.add_argument("--nesterov", type=str2bool, default=None,
-                          help="Nesterov momentum (true/false); default true (stage 2) / false (stage 1)")
-    released.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=5e-4,
-                          help="SGD weight decay (cRT used 1e-4 for iNaturalist18 stage 1)")
+                          help="Nesterov momentum (true/false); default: the --recipe's")
+    released.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=None,
+                          help="SGD weight decay; default: the --recipe's")
     released.add_argument("--seed", type=int, default=42, help="data order, meta batches, augmentation, init")
     released.add_argument("--print-freq", "-p", dest="print_freq", type=int, default=100,
                           help="steps between progress lines")
@@ -84,6 +135,18 @@ def build_parser():
                           help="ignored (torch.distributed.launch compatibility; LOCAL_RANK is read)")
 
     added = p.add_argument_group("added by this repository")
+    added.add_argument("--recipe", choices=("released", "paper"), default="released",
+                       help="defaults of --batch_size, --epochs, --lr, --lr_milestones, --nesterov, --weight-decay: "
+                            "'released' (MetaSAug's train.sh for stage 2, cRT's configs for stage 1; what produced "
+                            "the released checkpoints) or 'paper' (the paper's Sec. 4.3/4.4, per dataset); every "
+                            "value and its source in ImageNet_iNat/README.md, Recipes, and on the first line of the log")
+    added.add_argument("--lr_milestones", type=int, nargs="*", default=None,
+                       help="epochs where the learning rate is multiplied by 0.1; empty: constant (stage 2) or "
+                            "cosine (stage 1); default: the --recipe's")
+    added.add_argument("--pretrained", default=None,
+                       help="stage 1: initialise the backbone from this file (an ImageNet-pretrained torchvision "
+                            "ResNet state_dict, or a stage-1 checkpoint of another dataset); its classifier is "
+                            "not used. No download.")
     added.add_argument("--stage", type=int, choices=(1, 2), default=2,
                        help="2: MetaSAug on the classifier of a frozen stage-1 network; 1: plain CE training "
                             "of the whole network (cRT uniform sampling), cRT checkpoint layout")
@@ -123,11 +186,20 @@ def build_parser():
     return p
 
 
+def recipe_values(args):
+    """{flag: (value, source)} that the --recipe sets for this stage and dataset."""
+    return RECIPES[args.recipe, args.stage, args.dataset]
+
+
 def resolve_args(args, world_size):
-    """Fill the stage- and dataset-dependent defaults and check the values; UsageError on a bad one."""
-    for name, value in STAGE_DEFAULTS[args.stage].items():
+    """Fill the recipe's, stage's and dataset's defaults and check the values; UsageError on a bad one."""
+    for name, (value, _) in recipe_values(args).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.pretrained and args.stage != 1:
+        raise UsageError("--pretrained initialises stage 1; stage 2 starts from --model_file")
+    if args.pretrained and args.model_file:
+        raise UsageError("--pretrained (the backbone only) and --model_file (the whole network) exclude each other")
     spec = DATASETS[args.dataset]
     args.num_classes = args.num_classes or spec.num_classes
     args.num_meta = spec.num_meta if args.num_meta is None else args.num_meta
@@ -179,7 +251,9 @@ class Run:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.model = FeatureClassifier(args.arch, args.num_classes, frozen=self.stage2, amp=args.amp)
-        if init_state is not None:
+        if init_state is not None and args.pretrained:
+            load_backbone(self.model, init_state, args.pretrained)
+        elif init_state is not None:
             load_weights(self.model, init_state, args.model_file, args.num_classes)
         if resume_state is not None:
             load_weights(self.model, resume_state, args.resume, args.num_classes)
@@ -296,10 +370,14 @@ class Run:
                            all_labels[order % self.ctx.world_size, order // self.ctx.world_size])
 
     def schedule(self, epoch):
-        """(optimizer lr, lookahead step size, augmentation ratio) of 0-based ``epoch``: stage 2 keeps
-        the released constant rate, which is also the lookahead's step; stage 1 cRT's cosine."""
+        """(optimizer lr, lookahead step size, augmentation ratio) of 0-based ``epoch``: x0.1 at each of
+        --lr_milestones; without milestones stage 2 keeps the released constant rate and stage 1 follows cRT's
+        cosine. The lookahead's step is the optimizer's rate, as released."""
         args = self.args
-        lr = args.lr if self.stage2 else cosine_lr(epoch, args.epochs, args.lr, args.end_lr)
+        if args.lr_milestones:
+            lr = args.lr * 0.1 ** sum(epoch >= m for m in args.lr_milestones)
+        else:
+            lr = args.lr if self.stage2 else cosine_lr(epoch, args.epochs, args.lr, args.end_lr)
         return lr, lr, augmentation_ratio(args.lam, epoch, args.epochs)
 
     def fit(self, stop):
@@ -312,6 +390,9 @@ class Run:
             writer = SummaryWriter(args.out_dir)
         if self.stage2 and args.cache_meta_features and self.data.meta_is_deterministic:
             self._cache_meta_features()
+        self.log(f"recipe {args.recipe}, stage {args.stage}, {args.dataset}: " + "; ".join(
+            f"{name} {getattr(args, name)} ({source if getattr(args, name) == value else 'given'})"
+            for name, (value, source) in recipe_values(args).items()))
         self.log(f"stage {args.stage} | {args.dataset} | {len(self.data.train)} training images, "
                  f"{len(self.data.meta)} meta, {len(self.data.evaluation)} evaluation | {ctx.world_size} "
                  f"process(es) on {self.device.type}, {self.per_rank} images per process and step")
@@ -432,7 +513,7 @@ class Run:
                       final_epoch=final["epoch"], final_top1=final["test_top1"],
                       final_top1_error=100 - final["test_top1"],
                       per_class_accuracy=self.last_eval["per_class"], shot_accuracy=final["shot_accuracy"],
-                      evaluated_images=self.last_eval["count"],
+                      evaluated_images=self.last_eval["count"], evaluation_split_images=len(self.data.evaluation),
                       wall_time_s=time.time() - started, train_time_s=train_time,
                       train_images_per_s=images / train_time if train_time > 0 else None,
                       rank_max_deviation=final["rank_max_deviation"],
@@ -459,8 +540,8 @@ def main(argv=None):
             resume_state = load_checkpoint(args.resume)
             check_resume(args, resume_state, RESUME_MUST_MATCH, PROG)
             check_resume_epochs(args, resume_state)
-        elif args.model_file:
-            init_state = load_checkpoint(args.model_file)
+        elif args.model_file or args.pretrained:
+            init_state = load_checkpoint(args.pretrained or args.model_file)
         ctx = init_distributed(device)
         run = Run(args, data, ctx, resume_state, init_state)
         del resume_state, init_state

@@ -522,3 +522,102 @@ def test_test_script_single_and_distributed(tree, crt, tmp_path):
         many, medium, few = expected[0], expected[1], sum(expected[2:]) / 2  # training counts 105/24/6/3
         assert [tested["shot_accuracy"][k] for k in ("many", "medium", "few")] == pytest.approx([many, medium, few])
 
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Recipes (released / paper, per dataset and stage) and --pretrained
+# ---------------------------------------------------------------------------------------------
+
+def resolved(*flags):
+    args = lt_train.build_parser().parse_args([str(f) for f in flags])
+    lt_train.resolve_args(args, world_size=1)
+    return args
+
+
+@pytest.mark.parametrize("recipe, stage, dataset, expected", [
+    ("released", 2, "ImageNet_LT", dict(batch_size=256, epochs=20, lr=3e-4, lr_milestones=[], nesterov=True)),
+    ("released", 2, "iNaturalist18", dict(batch_size=256, epochs=20, lr=3e-4, lr_milestones=[], nesterov=True)),
+    ("released", 1, "iNaturalist18", dict(batch_size=512, epochs=200, lr=0.2, weight_decay=1e-4, nesterov=False)),
+    ("paper", 2, "iNaturalist18", dict(batch_size=64, lr=1e-4, epochs=20)),
+    ("paper", 1, "iNaturalist17", dict(batch_size=64, lr=0.01)),
+    ("paper", 1, "ImageNet_LT", dict(batch_size=64, lr_milestones=[60, 80], epochs=90)),
+    ("paper", 2, "ImageNet_LT", dict(batch_size=64, lr=3e-4, epochs=20)),
+])
+def test_recipe_defaults_per_dataset_and_stage(recipe, stage, dataset, expected):
+    args = resolved("--recipe", recipe, "--stage", stage, "--dataset", dataset, "--model_file", "x")
+    assert {k: getattr(args, k) for k in expected} == expected
+    for value, source in lt_train.RECIPES[recipe, stage, dataset].values():
+        assert source  # every value says where it comes from
+    assert resolved("--recipe", recipe, "--stage", stage, "--dataset", dataset, "--model_file", "x",
+                    "--batch_size", 32).batch_size == 32  # a flag given still wins
+
+
+def test_paper_recipe_reaches_optimizer_and_schedule(tree, crt, tmp_path):
+    out = tmp_path / "paper"
+    flags = train_flags(tree, out, "iNaturalist18", name="paper") + ["--model_file", crt, "--recipe", "paper",
+                                                                     "--lr_milestones", 1]
+    flags[flags.index("--batch_size") + 1] = 4
+    run_script("train.py", flags)
+    state, result = load(ckpt_path(out, "paper")), result_of(out, "paper")
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["nesterov"], group["weight_decay"], group["momentum"]) == (True, 5e-4, 0.9)
+    assert [h["lr"] for h in result["history"]] == pytest.approx([1e-4, 1e-5])  # x0.1 at epoch 1
+    assert result["config"]["recipe"] == "paper"
+    log = (out / "runs" / "paper" / "train.log").read_text().splitlines()[0]
+    assert log.startswith("recipe paper, stage 2, iNaturalist18: batch_size 4 (given); lr 0.0001 (paper Sec. 4.4")
+    assert "lr_milestones [1] (given)" in log and "epochs 2 (given)" in log
+
+
+def test_pretrained_initialises_the_stage1_backbone(tree, tmp_path, capsys):
+    torch.manual_seed(3)
+    imagenet = torchvision.models.resnet18(num_classes=1000).state_dict()  # as torchvision's files hold it
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(imagenet, path)
+    out = tmp_path / "pre"
+    # one epoch at a negligible step size: the weights stay the file's (BatchNorm statistics move)
+    run_script("train.py", train_flags(tree, out, "iNaturalist17", name="pre", epochs=1) + [
+        "--stage", 1, "--pretrained", path, "--lr", 1e-12, "--momentum", 0.0, "--weight-decay", 0.0])
+    feature = load(ckpt_path(out, "pre"))["state_dict_best"]["feat_model"]
+    for key, value in imagenet.items():
+        if not key.startswith("fc.") and value.is_floating_point() and "running" not in key:
+            assert torch.allclose(feature["module." + key], value, atol=1e-6), key
+    # refused in one line: stage 2, with --model_file, another architecture
+    bad = {"stage 2": (["--pretrained", path, "--model_file", path], "--pretrained initialises stage 1"),
+           "both": (["--stage", 1, "--pretrained", path, "--model_file", path], "exclude each other"),
+           "arch": (["--stage", 1, "--pretrained", path, "--arch", "resnet50"], r"feature extractor: .*check --arch")}
+    before = snapshot(tmp_path)
+    for name, (extra, pattern) in bad.items():
+        assert lt_train.main([str(a) for a in train_flags(tree, tmp_path / "bad") + extra]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(pattern, err[0]), (name, err)
+    assert snapshot(tmp_path) == before
+
+
+def test_report_summarises_large_scale_runs_beside_tables_3_4_6(distributed_runs, chain, tmp_path, capsys):
+    from tools import report
+    # The tiny runs' network is a ResNet-18; relabelled ResNet-50 they land in the paper's ResNet-50 cells.
+    for name, out, run in (("lt2", distributed_runs["out"], "sync"), ("inat1", chain["out"], "stage1"),
+                           ("inat2", chain["out"], "stage2")):
+        result = dict(result_of(out, run), arch="resnet50")
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps(result))
+    assert report.main([str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    table3 = text.split("Table 3")[1].split("####")[0]
+    assert "| MetaSAug with CE loss |" in table3 and "paper 52.61" in table3 and "CE training" not in table3
+    table4 = text.split("Table 4")[1].split("####")[0]
+    assert "| iNaturalist18 |" in table4 and "iNaturalist17" not in table4
+    assert "| CE |" in table4 and "paper 34.24" in table4 and "| MetaSAug |" in table4 and "paper 31.25" in table4
+    assert "(n=1)" in table4 and "best" not in table4.split("Many")[0].split("| CE |")[1]  # no model selection
+    table6 = text.split("Table 6")[1].split("####")[0]
+    assert "| ResNet-50 |" in table6 and "| MetaSAug |" in table6 and "paper 52.61" in table6
+    assert "| ResNet-101 |" not in table6
+    assert "Table 1" not in text  # no CIFAR run
+    assert report.main([str(tmp_path), "--table", "table4", "--all"]) == 0
+    assert "| BBN* |" in capsys.readouterr().out
+
+
+def test_readme_recipe_table_is_the_code_s():
+    readme = (LT_DIR / "README.md").read_text()
+    table = readme.split("keeps it current -->\n")[1].split("\n<!-- end of recipes -->")[0]
+    assert table == lt_train.recipes_markdown()

@@ -38,6 +38,9 @@ def load_runs(folder):
     runs = []
     for path in sorted(Path(folder).rglob("result.json")):
         result = json.loads(path.read_text())
+        if "stage" in result:  # ImageNet_iNat/train.py
+            runs.append(large_scale_run(result, path))
+            continue
         config = result["config"]
         tested, whole = test_images(result)
         protocol = ", ".join(f"{k} {config.get(k, 1 if k == 'eval_every' else None)}" for k in PROTOCOL_KEYS)
@@ -49,6 +52,30 @@ def load_runs(folder):
                          best=result["best_top1_error"], shots=result["shot_accuracy"],
                          subset=result.get("train_index_sha256"), path=str(path)))
     return runs
+
+
+BACKBONES = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "resnet152": "ResNet-152"}
+LARGE_SCALE_KEYS = ("recipe", "stage", "epochs", "batch_size", "lr", "lr_milestones", "lam", "max_train_batches")
+
+
+def large_scale_run(result, path):
+    """An ImageNet-LT / iNaturalist run and the cells of Tables 3, 4 and 6 it fills: stage 2 is MetaSAug,
+    stage 1 plain cross-entropy training of the whole network (the paper's CE rows)."""
+    config, stage, dataset, arch = result["config"], result["stage"], result["dataset"], result["arch"]
+    cells = {}
+    if dataset == "ImageNet_LT":
+        if arch == "resnet50":
+            cells["table3"] = ("MetaSAug with CE loss" if stage == 2 else "CE training", dataset)
+        if stage == 2 and arch in BACKBONES:
+            cells["table6"] = (BACKBONES[arch], "MetaSAug")
+    elif arch == "resnet50":
+        cells["table4"] = ("MetaSAug" if stage == 2 else "CE", dataset)
+    tested, whole = result["evaluated_images"], result.get("evaluation_split_images", result["evaluated_images"])
+    protocol = ", ".join(f"{k} {config.get(k)}" for k in LARGE_SCALE_KEYS)
+    protocol += f", test images {tested}" + ("" if tested == whole else f" of {whole} {PARTIAL}")
+    final = result["final_top1_error"]
+    return dict(cells=cells, dataset=dataset, protocol=protocol, partial=tested != whole, seed=result["seed"],
+                final=final, best=None, shots=result["shot_accuracy"], subset=None, path=str(path))
 
 
 def test_images(result):
@@ -84,7 +111,7 @@ def cell(group, paper):
     figures = dict(n=len(group), paper=paper, partial=any(r["partial"] for r in group))
     if group:
         figures["final"] = summary([r["final"] for r in group])
-        figures["best"] = summary([r["best"] for r in group])
+        figures["best"] = summary([r["best"] for r in group]) if group[0]["best"] is not None else None
         figures["delta"] = figures["final"][0] - paper if paper is not None else None
         for key in ("many", "medium", "few"):
             values = [r["shots"][key] for r in group if r["shots"].get(key) is not None]
@@ -95,7 +122,7 @@ def cell(group, paper):
 def select(spec, table_name, runs, other_rows, imbalances, show_all):
     """The table's grid: for each protocol with runs, its rows x imbalances of cells."""
     table = TABLES[table_name]
-    runs = [dict(r, row=table.label(r["row"])) for r in runs if r["dataset"] == spec["dataset"]]
+    runs = [dict(r, row=table.label(r["row"])) for r in runs if "row" in r and r["dataset"] == spec["dataset"]]
     if imbalances:
         runs = [r for r in runs if r["imbalance"] in imbalances]
     grids = []
@@ -111,9 +138,32 @@ def select(spec, table_name, runs, other_rows, imbalances, show_all):
         if imbalances:
             columns = [c for c in columns if c in imbalances]
         papers = {row: dict(zip(spec["imbalance"], spec["rows"].get(row, []))) for row in rows}
-        grids.append(dict(protocol=protocol, columns=columns, rows=[
+        grids.append(dict(protocol=protocol, columns=columns, headers=[f"imbalance {c}" for c in columns], rows=[
             (row, [cell(groups.get((row, c), []), papers[row].get(c)) for c in columns]) for row in rows]))
     return grids
+
+
+def select_large_scale(spec, table_name, runs, show_all):
+    """A large-scale table's grid: the paper's rows x columns, the MetaSAug (stage 2) and CE (stage 1) cells
+    filled by this repository's runs. Its rows come from different stages, so the protocol is given per row;
+    runs of one cell must share theirs. The paper's rows without a run are shown with --all only."""
+    runs = [r for r in runs if table_name in r.get("cells", {})]
+    if not runs and not show_all:
+        return []
+    groups = defaultdict(list)
+    for r in runs:
+        groups[r["cells"][table_name]].append(r)
+    for group in groups.values():
+        if len({r["protocol"] for r in group}) > 1:
+            raise ReportError(f"runs of one cell were trained differently: {', '.join(r['path'] for r in group)}; "
+                              f"report them separately")
+    rows = [row for row in spec["rows"] if show_all or any(k[0] == row for k in groups)]
+    columns = [c for c in spec["columns"] if show_all or any(k[1] == c for k in groups)]
+    protocols = sorted({(key[0], group[0]["protocol"]) for key, group in groups.items()})
+    protocol = "; ".join(f"{row}: {text}" for row, text in protocols) or None
+    papers = {row: dict(zip(spec["columns"], spec["rows"][row])) for row in rows}
+    return [dict(protocol=protocol, columns=columns, headers=columns, rows=[
+        (row, [cell(groups.get((row, c), []), papers[row].get(c)) for c in columns]) for row in rows])]
 
 
 def fmt(pair):
@@ -124,7 +174,8 @@ def markdown_cell(figures):
     paper = f" · paper {figures['paper']:.2f}" if figures["paper"] is not None else ""
     if not figures["n"]:
         return "missing" + paper
-    text = f"**{fmt(figures['final'])}** (best {fmt(figures['best'])}, n={figures['n']})"
+    best = f"best {fmt(figures['best'])}, " if figures["best"] else ""
+    text = f"**{fmt(figures['final'])}** ({best}n={figures['n']})"
     if figures["partial"]:
         text += f" {PARTIAL}"
     if figures["delta"] is not None:
@@ -141,7 +192,7 @@ def shots_cell(figures):
 def markdown(spec, grids):
     out = []
     for grid in grids:
-        header = "| method | " + " | ".join(f"imbalance {c}" for c in grid["columns"]) + " |"
+        header = "| method | " + " | ".join(grid["headers"]) + " |"
         rule = "|---" * (len(grid["columns"]) + 1) + "|"
         out += [f"#### {spec['title']}", "", f"Protocol: {grid['protocol'] or '(no runs)'}. Top-1 error (%), mean ± "
                 "std over seeds: **final epoch** (best test epoch in brackets, test-set selection as the released "
@@ -181,7 +232,7 @@ def latex(spec, grids):
         columns = grid["columns"]
         out += [f"% {spec['title']}; protocol: {grid['protocol']}",
                 "\\begin{tabular}{l" + "c" * len(columns) + "}", "\\hline",
-                "Method & " + " & ".join(f"{c}" for c in columns) + " \\\\", "\\hline"]
+                "Method & " + " & ".join(grid["headers"]) + " \\\\", "\\hline"]
         for row, cells in grid["rows"]:
             parts = []
             for figures in cells:
@@ -201,7 +252,8 @@ def latex(spec, grids):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", help="folder searched recursively for result.json files")
-    parser.add_argument("--table", choices=(*TABLES, "all"), default="all")
+    parser.add_argument("--table", choices=("table1", "table2", "table3", "table4", "table5", "table6", "all"),
+                        default="all")
     parser.add_argument("--imbalance", type=int, nargs="+", default=None,
                         help="show only these imbalance factors (e.g. 100)")
     parser.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown")
@@ -212,14 +264,17 @@ def main(argv=None):
         return 2
     paper = json.loads(PAPER.read_text())
     runs = load_runs(args.runs_dir)
-    names = list(paper["tables"]) if args.table == "all" else [args.table]
+    names = sorted(paper["tables"]) if args.table == "all" else [args.table]
     out, rows = [], []
     try:
         for name in names:
             spec = paper["tables"][name]
-            others = {TABLES[name].label(row) for other, s in paper["tables"].items() if other != name
-                      for row in s["rows"]}
-            grids = select(spec, name, runs, others - set(spec["rows"]), args.imbalance, args.all)
+            if spec.get("kind") == "large-scale":
+                grids = select_large_scale(spec, name, runs, args.all)
+            else:
+                others = {TABLES[name].label(row) for other, s in paper["tables"].items()
+                          if other != name and s.get("kind") != "large-scale" for row in s["rows"]}
+                grids = select(spec, name, runs, others - set(spec["rows"]), args.imbalance, args.all)
             if args.format == "markdown":
                 out += markdown(spec, grids)
             elif args.format == "latex":
