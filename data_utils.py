@@ -290,25 +290,25 @@ def _as_index(array):
     return torch.as_tensor(array, dtype=torch.int64)
 
 
-SPLITS = ('released', 'cao2019')
+SUBSETS = ('released', 'cao2019')
 
 
 def build_dataset(data_root, dataset='cifar10', num_meta=10, imb_factor=0.01, profile='exp',
-                  num_classes=None, download=False, workers=0, split='released', split_seed=6,
+                  num_classes=None, download=False, workers=0, subset='released', split_seed=6,
                   imbalance_seed=None):
     """Load train/test and cut the training split into a long tail and a balanced meta set.
 
-    ``split='released'`` (MetaSAug's code): first ``num_meta`` images per class go to the meta set
+    ``subset='released'`` (MetaSAug's code): first ``num_meta`` images per class go to the meta set
     (numpy seed 6), then the rest is cut to a long tail with img_max = (smallest class's training
     images) - num_meta, which on balanced CIFAR equals the released (50000 - num_meta * C) / C
-    (python ``random`` seed 42). ``split='cao2019'`` (LDAM-DRW's code, for its baselines): the long
+    (python ``random`` seed 42). ``subset='cao2019'`` (LDAM-DRW's code, for its baselines): the long
     tail is cut from the whole training split with img_max = the smallest class's images (numpy seed
     0), which keeps every image of the head class; the meta set, which those baselines do not use, is
-    drawn as released from the whole training split and may overlap it (MetaSAug refuses this split).
+    drawn as released from the whole training split and may overlap it (MetaSAug refuses this subset).
     ``split_seed`` seeds the meta draw, ``imbalance_seed`` the long-tail cut (default: the split's own).
     """
-    if split not in SPLITS:
-        raise DataError(f'unknown long-tail split {split!r}; use one of {", ".join(SPLITS)}')
+    if subset not in SUBSETS:
+        raise DataError(f'unknown long-tail subset {subset!r}; use one of {", ".join(SUBSETS)}')
     found = count_classes(data_root, dataset, download)
     if num_classes is not None and num_classes != found:
         raise DataError(f'--data_root {data_root} holds {found} classes but --num_classes is '
@@ -320,7 +320,7 @@ def build_dataset(data_root, dataset='cifar10', num_meta=10, imb_factor=0.01, pr
                         f'({class_names} vs {test_names}); give both splits the same class folders')
     per_class = torch.bincount(train_labels, minlength=len(class_names)).tolist()
     _check_num_meta(num_meta, per_class, class_names)
-    if split == 'released':
+    if subset == 'released':
         meta_idx, pool_idx = meta_split_indices(train_labels, len(class_names), num_meta, split_seed)
         counts = long_tail_counts(min(per_class) - num_meta, len(class_names), imb_factor, profile)
         _check_no_empty_class(counts, class_names)

@@ -6,7 +6,6 @@ from ``epoch + 1`` (the released off-by-one) while the lookahead uses ``epoch``.
 order and every batch's augmentation are derived from ``(seed, epoch, iteration)``, so a resumed
 run, mid-epoch included, repeats the uninterrupted one exactly.
 """
-import argparse
 import json
 import sys
 import time
@@ -21,7 +20,7 @@ from checkpoint import CheckpointError, RunState, load_checkpoint, load_model_st
 from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, check_resume, clear_files, duration,
                  files_to_clear, flag_clashes, git_commit, interrupt_message, require, require_imb_factor,
                  require_rates, resolve_device, str2bool, training_config)
-from data_utils import (CAO2019_MEAN, CAO2019_STD, CIFAR_MEAN, CIFAR_NUM_CLASSES, CIFAR_STD, SPLITS, DataError,
+from data_utils import (CAO2019_MEAN, CAO2019_STD, CIFAR_MEAN, CIFAR_NUM_CLASSES, CIFAR_STD, SUBSETS, DataError,
                         augment, batch_generator, build_dataset, epoch_batches, index_fingerprint, normalize,
                         sample_meta_batch)
 from figures import confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
@@ -36,7 +35,7 @@ RESUME_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_pr
                      "epochs", "lr", "momentum", "nesterov", "weight_decay", "seed", "lam", "meta_lr",
                      "meta_start", "lr_milestones", "loss", "gamma", "max_m", "beta", "lookahead",
                      "max_train_batches", "method", "amp", "eval_every", "channels_last", "max_test_batches",
-                     "recipe", "split")
+                     "recipe", "subset")
 
 
 # Flags the first phase (every epoch before --meta_start) depends on; with the first phase's loss
@@ -44,7 +43,7 @@ RESUME_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_pr
 PHASE1_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_profile", "seed", "batch_size",
                      "epochs", "lr", "lr_milestones", "momentum", "nesterov", "weight_decay", "meta_start",
                      "channels_last", "amp", "compile", "max_train_batches", "eval_every", "max_test_batches",
-                     "test_batch_size", "recipe", "split")
+                     "test_batch_size", "recipe", "subset")
 
 
 def first_phase_loss(method, base, beta, max_m, gamma):
@@ -81,19 +80,10 @@ RECIPES = {
     # warm-up, lr x0.01 at 0-based epochs 160 and 180, a normalised last layer with s = 30, zero-padded
     # crops, their normalisation and long-tail subset, DRW (beta 0.9999) from epoch 160.
     "cao2019": Recipe(flags=dict(batch_size=128, weight_decay=2e-4, nesterov=False, lr_milestones=[160, 180],
-                                 meta_start=160, beta=0.9999, max_m=0.5, split="cao2019"),
+                                 meta_start=160, beta=0.9999, max_m=0.5, subset="cao2019"),
                       normed_classifier=True, logit_scale=30.0, warmup_epochs=5, lr_from_next_epoch=False,
                       pad_mode="constant", mean=CAO2019_MEAN, std=CAO2019_STD),
 }
-
-
-def long_tail_split(text):
-    """--split: 'released' or 'cao2019'; an integer (the released script's unused --split 1000) means released."""
-    if text in SPLITS:
-        return text
-    if text.isdigit():
-        return "released"
-    raise argparse.ArgumentTypeError(f"expected one of {', '.join(SPLITS)}, got {text!r}")
 
 
 THROUGHPUT = Path(__file__).with_name("tools") / "throughput.json"
@@ -126,10 +116,7 @@ def build_parser(prog, description, losses):
     released.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=5e-4,
                           help="SGD weight decay")
     released.add_argument("--no-cuda", dest="no_cuda", action="store_true", help="same as --device cpu")
-    released.add_argument("--split", type=long_tail_split, default="released",
-                          help="long-tail subset: 'released' (MetaSAug's: meta set removed first, numpy seed 6, "
-                               "random seed 42) or 'cao2019' (LDAM-DRW's: numpy seed 0, whole training split); "
-                               "an integer, the released script's unused --split 1000, means released")
+    released.add_argument("--split", type=int, default=1000, help="unused, as in the released script")
     released.add_argument("--seed", type=int, default=42, help="model init, data order, augmentation")
     released.add_argument("--print-freq", "-p", dest="print_freq", type=int, default=100,
                           help="iterations between progress lines")
@@ -142,6 +129,9 @@ def build_parser(prog, description, losses):
 
     added = p.add_argument_group("added by this repository")
     added.add_argument("--method", choices=tuple(METHODS), default="metasaug", help=method_help())
+    added.add_argument("--subset", choices=SUBSETS, default="released",
+                       help="long-tail subset: 'released' (MetaSAug's: meta set removed first, numpy seed 6, "
+                            "random seed 42) or 'cao2019' (LDAM-DRW's: numpy seed 0, whole training split)")
     if len(losses) > 1:
         added.add_argument("--loss", choices=losses, default=losses[0],
                            help="base loss of the MetaSAug phase ('focal': Table 1 'MetaSAug with focal loss')")
@@ -153,7 +143,7 @@ def build_parser(prog, description, losses):
                                 "code, as the paper ran its LDAM and LDAM-DRW rows (--method plain or drw): "
                                 "batch 128, weight decay 2e-4, no Nesterov (flags given still win), a 5-epoch "
                                 "warm-up, lr x0.01 at 0-based epochs 160 and 180, a normalised classifier with "
-                                "s = 30, zero-padded crops, their normalisation, --split cao2019")
+                                "s = 30, zero-padded crops, their normalisation, --subset cao2019")
     added.add_argument("--gamma", type=float, default=1.0, help="focal loss exponent")
     added.add_argument("--max_m", type=float, default=0.5, help="largest LDAM margin")
     added.add_argument("--beta", type=float, default=0.9999, help="class-balanced weights' beta")
@@ -212,9 +202,9 @@ def validate_args(args):
         raise UsageError(f"--recipe {args.recipe} trains Cao et al.'s baselines (--method plain, drw or cb): its "
                          f"normalised classifier has no ISDA augmentation; use --recipe released for --method "
                          f"{args.method}")
-    if args.split == "cao2019" and args.method in META_STEPPING:
-        raise UsageError(f"--split cao2019 keeps every training image of the head class, so no meta set can be "
-                         f"held out for --method {args.method}; use --split released")
+    if args.subset == "cao2019" and args.method in META_STEPPING:
+        raise UsageError(f"--subset cao2019 keeps every training image of the head class, so no meta set can be "
+                         f"held out for --method {args.method}; use --subset released")
     if args.first_phase_only and not 1 <= args.meta_start <= args.epochs:
         raise UsageError(f"--first_phase_only needs a first phase: 1 <= --meta_start <= --epochs, got "
                          f"--meta_start {args.meta_start} and --epochs {args.epochs}")
@@ -663,7 +653,7 @@ def main(prog, description, losses, argv=None):
             check_init_from(args, init_state)
         args.data_root = args.data_root or str(Path("data") / args.dataset)
         data = build_dataset(args.data_root, args.dataset, args.num_meta, args.imb_factor, args.imb_profile,
-                             args.num_classes, args.download, args.workers, args.split)
+                             args.num_classes, args.download, args.workers, args.subset)
         run = Run(args, data, resume_state, init_state)
         del resume_state, init_state
         clear_files(stale, args.save_name)

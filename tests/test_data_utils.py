@@ -353,7 +353,7 @@ def test_cao2019_split_matches_its_transcription():
 
 
 def test_build_cao2019_split(folder_root):
-    data = build_dataset(folder_root, num_meta=4, imb_factor=0.5, split='cao2019')
+    data = build_dataset(folder_root, num_meta=4, imb_factor=0.5, subset='cao2019')
     released = build_dataset(folder_root, num_meta=4, imb_factor=0.5)
     per_class = torch.bincount(load_split(folder_root, 'train')[1]).tolist()
     assert data.cls_num_list == long_tail_counts(min(per_class), len(per_class), 0.5)  # no meta images removed

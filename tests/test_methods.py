@@ -148,7 +148,7 @@ def cao_run(data, tmp_path, *extra):
                               ["--recipe", "cao2019", "--method", "drw", *map(str, extra)])
     trainer.validate_args(args)
     built = build_dataset(args.data_root, num_meta=args.num_meta, imb_factor=args.imb_factor,
-                          num_classes=args.num_classes, split=args.split)
+                          num_classes=args.num_classes, subset=args.subset)
     return trainer.Run(args, built)
 
 
@@ -156,7 +156,7 @@ def test_cao2019_recipe_reaches_optimizer_network_loss_and_data(tmp_path):
     data = make_tree(tmp_path / "data", 4, train=40, test=10)
     run = cao_run(data, tmp_path)
     args = run.args
-    assert (args.weight_decay, args.nesterov, args.split) == (2e-4, False, "cao2019")
+    assert (args.weight_decay, args.nesterov, args.subset) == (2e-4, False, "cao2019")
     defaults = trainer.parse_args(LDAM_SCRIPT, "d", ("ldam",), ["--recipe", "cao2019"])
     assert (defaults.batch_size, defaults.lr_milestones, defaults.meta_start, defaults.beta) == (128, [160, 180], 160,
                                                                                                 0.9999)
@@ -182,11 +182,11 @@ def test_cao2019_recipe_reaches_optimizer_network_loss_and_data(tmp_path):
 
 def test_cao2019_recipe_flags_given_still_win_and_bad_combinations_are_refused(tmp_path, capsys):
     data = make_tree(tmp_path / "data", 4, train=40, test=10)
-    run = cao_run(data, tmp_path, "--batch-size", 16, "--split", "released")
-    assert (run.args.batch_size, run.args.split, run.args.weight_decay) == (16, "released", 2e-4)
+    run = cao_run(data, tmp_path, "--batch-size", 16, "--subset", "released")
+    assert (run.args.batch_size, run.args.subset, run.args.weight_decay) == (16, "released", 2e-4)
     for extra, message in ((["--method", "metasaug"], "no ISDA augmentation; use --recipe released"),
                            (["--method", "isda"], "no ISDA augmentation"),
-                           (["--recipe", "released", "--split", "cao2019", "--method", "metasaug"],
+                           (["--recipe", "released", "--subset", "cao2019", "--method", "metasaug"],
                             "no meta set can be held out")):
         flags = [str(f) for f in train_flags(data, tmp_path / "bad")] + ["--recipe", "cao2019", *extra]
         assert trainer.main(LDAM_SCRIPT, "d", ("ldam",), flags) == 2
@@ -195,7 +195,8 @@ def test_cao2019_recipe_flags_given_still_win_and_bad_combinations_are_refused(t
     assert not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit):  # the CE script has no --recipe
         trainer.parse_args("MetaSAug_CE_train.py", "d", ("ce", "focal"), ["--recipe", "cao2019"])
-    assert trainer.parse_args(LDAM_SCRIPT, "d", ("ldam",), ["--split", "1000"]).split == "released"  # released flag
+    args = trainer.parse_args(LDAM_SCRIPT, "d", ("ldam",), ["--split", "7"])  # the released, unused flag
+    assert (args.split, args.subset) == (7, "released")
 
 
 def test_cao2019_tiny_run_end_to_end(tmp_path):
