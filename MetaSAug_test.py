@@ -5,8 +5,11 @@
 """
 import sys
 
+import torch
+
 from checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state_from
-from cli import HelpFormatter, OneLineParser, UsageError, require_imb_factor, resolve_device, settle_from_config
+from cli import (HelpFormatter, OneLineParser, UsageError, require_imb_factor, resolve_device, settle_from_config,
+                 str2bool)
 from data_utils import CIFAR_NUM_CLASSES, DataError, get_img_num_per_cls, load_split, normalize
 from metrics import per_class_accuracy, predict, shot_accuracy, top1_accuracy
 from resnet import ResNet32
@@ -31,12 +34,15 @@ def build_parser():
     p.add_argument("--gpu", type=int, default=0, help="CUDA device index")
     p.add_argument("--test-batch-size", dest="test_batch_size", type=int, default=100)
     p.add_argument("--workers", type=int, default=4, help="threads decoding image files")
+    p.add_argument("--channels_last", type=str2bool, default=None,
+                   help="memory format of the evaluation; default: the checkpoint's (true, as training, for a "
+                        "released checkpoint), so that the predictions are the training run's own")
     return p
 
 
 # Flags a checkpoint of this repository records in its config; for one without (the authors'), these
 # defaults, the training scripts' own, apply where the flag is not given.
-RECORDED = {"dataset": "cifar100", "imb_factor": 0.005, "num_meta": 10, "num_classes": None}
+RECORDED = {"dataset": "cifar100", "imb_factor": 0.005, "num_meta": 10, "num_classes": None, "channels_last": True}
 
 
 def evaluate(args):
@@ -56,8 +62,10 @@ def evaluate(args):
         cls_num_list = checkpoint["cls_num_list"]
     else:
         cls_num_list = get_img_num_per_cls(args.dataset, args.imb_factor, args.num_meta * num_classes)
-    model.to(device)
-    predictions = predict(model, images.to(device), args.test_batch_size, normalize)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    predictions = predict(model, images.to(device), args.test_batch_size,
+                          lambda batch: normalize(batch).contiguous(memory_format=memory_format))
     accuracy = top1_accuracy(predictions, labels)
     per_class = per_class_accuracy(predictions, labels, num_classes)
     shots = shot_accuracy(per_class, cls_num_list)

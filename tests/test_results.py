@@ -1,0 +1,61 @@
+"""Committed results re-check: each results/**/model.pth evaluates to the accuracy its result.json
+records (on the real CIFAR-10 test images of ../shared), and tools/export_run.py writes such a pair."""
+import json
+import re
+import subprocess
+
+import pytest
+
+import MetaSAug_test
+import trainer
+from conftest import CIFAR10_ARCHIVE, REPO_ROOT, make_tree, train_flags
+from tools import export_run
+
+COMMITTED = sorted((REPO_ROOT / "results").rglob("model.pth"))
+
+
+def printed_accuracy(argv, capsys):
+    assert MetaSAug_test.main([str(a) for a in argv]) == 0
+    return float(re.search(r"Accuracy: ([\d.]+)", capsys.readouterr().out)[1])
+
+
+def test_exported_weights_evaluate_to_the_run_s_accuracy(tmp_path, capsys):
+    data = make_tree(tmp_path / "data", 4, train=40, test=10)
+    assert trainer.main("MetaSAug_CE_train.py", "d", ("ce", "focal"),
+                        [str(f) for f in train_flags(data, tmp_path, epochs=2)] + ["--lr", "0.02"]) == 0
+    capsys.readouterr()
+    dest = export_run.export(tmp_path / "out", tmp_path / "ckpt" / "tiny_ckpt.pth.tar", tmp_path / "exported")
+    result = json.loads((dest / "result.json").read_text())
+    readme = (dest / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("python MetaSAug_CE_train.py"))
+    for flags in ("--batch-size 8", "--num_meta 2", "--imb_factor 0.1", "--epochs 2", "--lr 0.02", "--meta_start 1",
+                  "--data_root data/cifar10"):
+        assert f" {flags}" in command, command
+    assert str(tmp_path) not in command  # machine-specific paths stay out
+    assert (dest / "model.pth").stat().st_size < 2 * 1024 * 1024
+    accuracy = printed_accuracy(["--checkpoint_path", dest / "model.pth", "--data_root", data, "--num_classes", 4,
+                                 "--imb_factor", 0.1, "--num_meta", 2, "--device", "cpu", "--test-batch-size", 16],
+                                capsys)
+    assert f"{accuracy:.2f}" == f"{100 - result['final_top1_error']:.2f}"
+    assert export_run.main([str(tmp_path / "out"), str(tmp_path / "ckpt" / "tiny_ckpt.pth.tar"), str(dest)]) == 2
+
+
+@pytest.fixture(scope="module")
+def cifar10_test_split(tmp_path_factory):
+    if not CIFAR10_ARCHIVE.exists():
+        pytest.skip(f"the CIFAR-10 images are not at {CIFAR10_ARCHIVE}")
+    root = tmp_path_factory.mktemp("cifar10")
+    subprocess.run(["tar", "-xzf", str(CIFAR10_ARCHIVE), "-C", str(root), "test/"], check=True)
+    return root
+
+
+@pytest.mark.skipif(not COMMITTED, reason="no committed results under results/")
+@pytest.mark.parametrize("weights", COMMITTED, ids=[str(p.parent.relative_to(REPO_ROOT)) for p in COMMITTED])
+def test_committed_weights_evaluate_to_their_result(weights, cifar10_test_split, capsys):
+    result = json.loads((weights.parent / "result.json").read_text())
+    config = result["config"]
+    accuracy = printed_accuracy(["--checkpoint_path", weights, "--dataset", config["dataset"], "--imb_factor",
+                                 config["imb_factor"], "--data_root", cifar10_test_split, "--device", "cpu"], capsys)
+    assert f"{accuracy:.2f}" == f"{100 - result['final_top1_error']:.2f}"
+    assert weights.stat().st_size < 2 * 1024 * 1024
+    assert (weights.parent / "README.md").is_file() and list(weights.parent.glob("events.out.tfevents.*"))
