@@ -45,6 +45,19 @@ def str2bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def add_run_file_flags(group, checkpoint_dir, checkpoint_help):
+    """--checkpoint_dir, --out_dir, --resume and --overwrite: where a run writes, and what may happen to an
+    existing run of the same --save_name (files_to_clear and check_resume act on them)."""
+    group.add_argument("--checkpoint_dir", default=checkpoint_dir, help=checkpoint_help)
+    group.add_argument("--out_dir", default=None, help="logs, TensorBoard, result.json (default runs/<save_name>)")
+    group.add_argument("--resume", default=None, help="a checkpoint of this script to continue from (mid-epoch "
+                                                      "included)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="start afresh over an existing run of this --save_name: deletes its checkpoints, "
+                            "result.json, train.log, figures and TensorBoard files (without it, an existing run "
+                            "is refused unless --resume continues it)")
+
+
 def one_line(error):
     """The message of an error as one line; for an error re-raised from a DataLoader worker (whose
     message holds the worker's traceback) the original message."""

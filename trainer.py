@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import CheckpointError, RunState, load_checkpoint, load_model_state, save_checkpoint, save_json
-from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, check_resume, clear_files, duration,
-                 files_to_clear, flag_clashes, git_commit, interrupt_message, require, require_imb_factor,
+from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, add_run_file_flags, check_resume, clear_files,
+                 duration, files_to_clear, flag_clashes, git_commit, interrupt_message, require, require_imb_factor,
                  require_rates, resolve_device, str2bool, training_config)
 from data_utils import (CAO2019_MEAN, CAO2019_STD, CIFAR_MEAN, CIFAR_NUM_CLASSES, CIFAR_STD, SUBSETS, DataError,
                         augment, batch_generator, build_dataset, epoch_batches, index_fingerprint, normalize,
@@ -158,14 +158,8 @@ def build_parser(prog, description, losses):
     added.add_argument("--lr_milestones", type=int, nargs="*", default=[160, 180],
                        help="epochs where lr is multiplied by 0.01 (applied from epoch+1, as released)")
     added.add_argument("--workers", type=int, default=4, help="threads decoding the image files")
-    added.add_argument("--checkpoint_dir", default="checkpoints",
-                       help="<save_name>_ckpt.pth.tar (last epoch) and <save_name>_best.pth.tar go here")
-    added.add_argument("--out_dir", default=None, help="logs, TensorBoard, result.json (default runs/<save_name>)")
-    added.add_argument("--resume", default=None, help="checkpoint to continue from (mid-epoch included)")
-    added.add_argument("--overwrite", action="store_true",
-                       help="start afresh over an existing run of this --save_name: deletes its checkpoints, "
-                            "result.json, train.log, figures and TensorBoard files (without it, an existing run "
-                            "is refused unless --resume continues it)")
+    add_run_file_flags(added, "checkpoints",
+                       "<save_name>_ckpt.pth.tar (last epoch) and <save_name>_best.pth.tar go here")
     added.add_argument("--init_from", default=None,
                        help="start the second phase from another run's <save_name>_phase1.pth.tar (same first "
                             "phase: data, seed, schedule and first-phase loss must match); ends bit-identical "

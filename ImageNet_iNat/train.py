@@ -23,8 +23,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint, save_json  # noqa: E402
-from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, check_resume, clear_files,  # noqa: E402
-                 duration, files_to_clear, git_commit, interrupt_message, one_line, require, require_rates,
+from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, add_run_file_flags, check_resume,  # noqa: E402
+                 clear_files, duration, files_to_clear, git_commit, interrupt_message, one_line, require, require_rates,
                  resolve_device, str2bool)
 from dataloader import DATASETS, DataError, epoch_train_keys, load_data, step_meta_indices, step_meta_keys  # noqa: E402
 from dist_utils import (GlobalBatchEstimatorCV, average_gradients, broadcast_from_rank0,  # noqa: E402
@@ -173,14 +173,8 @@ def build_parser():
     added.add_argument("--beta", type=float, default=0.9999, help="class-balanced weights' beta (stage 2)")
     added.add_argument("--end_lr", type=float, default=0.0, help="stage 1: final learning rate of the cosine")
     added.add_argument("--save_name", default=None, help="checkpoint and run name (default <dataset>_<arch>_stage<N>)")
-    added.add_argument("--checkpoint_dir", default="checkpoints/ImageNet_iNat",
-                       help="<save_name>_ckpt.pth.tar, rewritten at the end of every epoch")
-    added.add_argument("--out_dir", default=None, help="log, TensorBoard, result.json (default runs/<save_name>)")
-    added.add_argument("--resume", default=None, help="checkpoint of this script to continue from")
-    added.add_argument("--overwrite", action="store_true",
-                       help="start afresh over an existing run of this --save_name (deletes its checkpoint, "
-                            "result.json, train.log and TensorBoard files); without it such a run is refused "
-                            "unless --resume continues it")
+    add_run_file_flags(added, "checkpoints/ImageNet_iNat",
+                       "<save_name>_ckpt.pth.tar, rewritten at the end of every epoch")
     added.add_argument("--max_train_batches", type=int, default=None, help="cap on steps per epoch (smoke runs)")
     added.add_argument("--max_test_batches", type=int, default=None, help="cap on evaluation batches (smoke runs)")
     return p
