@@ -92,9 +92,20 @@ THROUGHPUT = Path(__file__).with_name("tools") / "throughput.json"
 SECOND_PHASE_COST = 4.5
 
 
-def measured_throughput(device_type):
-    """Images/s measured on this project's machines (tools/throughput.json) for ``device_type``, or None."""
-    return json.loads(THROUGHPUT.read_text()).get(device_type) if THROUGHPUT.is_file() else None
+def measured_throughput(device_type, threads=None):
+    """Images/s measured on this project's machines (tools/throughput.json) for ``device_type``, or None:
+    {"plain", "metasaug", "evaluation", "machine"}. A CPU's figures depend on its thread count (one thread
+    runs an epoch 2.4x slower than two here), so they are taken at the count measured nearest to
+    ``threads`` (default: torch's) and scaled linearly to it."""
+    entry = json.loads(THROUGHPUT.read_text()).get(device_type) if THROUGHPUT.is_file() else None
+    if entry is None or "threads" not in entry:
+        return entry
+    threads = threads or torch.get_num_threads()
+    nearest = min(entry["threads"], key=lambda measured: (abs(int(measured) - threads), -int(measured)))
+    scale = threads / int(nearest)
+    figures = {key: entry["threads"][nearest][key] * scale for key in ("plain", "metasaug", "evaluation")}
+    where = f"{entry['machine']}, {nearest} thread{'s' * (nearest != '1')}"
+    return {**figures, "machine": where if scale == 1 else f"{where}, scaled to {threads}"}
 
 
 def build_parser(prog, description, losses):

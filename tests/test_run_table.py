@@ -10,8 +10,10 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT, make_tree, untimed
+import trainer
 from tools import run_table
 
 REDUCED = ["--epochs", "20", "--meta_start", "16", "--lr_milestones", "16", "18"]
@@ -58,6 +60,18 @@ def test_no_share_trains_every_run_from_scratch(capsys):
     lines = dry_run(["table5", "--seeds", "1", "--device", "cpu", "--no-share", *REDUCED], capsys)
     assert "shared first phases: 0 (0.0 min)" in "\n".join(lines)
     assert "runs from scratch: 9 (" in "\n".join(lines)
+
+
+def test_time_estimates_follow_the_thread_count_of_each_job(capsys, monkeypatch):
+    one, two, four = (trainer.measured_throughput("cpu", n) for n in (1, 2, 4))
+    assert one["plain"] < two["plain"] / 2 and one["machine"].endswith("1 thread")  # measured, not scaled
+    assert four["metasaug"] == 2 * two["metasaug"] and four["machine"].endswith("scaled to 4")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    plans = {jobs: dry_run(["table5", "--seeds", "1", "--imb", "0.01", "--device", "cpu", "--jobs", jobs], capsys)
+             for jobs in ("1", "2")}
+    threads = torch.get_num_threads()  # one job runs with this process's threads
+    assert f"dev machine), {min(threads, 2)} thread" in "\n".join(plans["1"])
+    assert "dev machine), 1 thread" in "\n".join(plans["2"])  # two jobs on two cores: one thread each
 
 
 def test_a_training_flag_the_scripts_refuse_is_one_line(capsys):

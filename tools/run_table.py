@@ -285,10 +285,9 @@ def run_one(jobs, name):
 
 def main(argv=None):
     args = parse_args(argv)
-    measured = json.loads((REPO / "tools" / "throughput.json").read_text())
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    throughput = measured.get(device)
     slots = args.jobs if args.jobs is not None else (torch.cuda.device_count() if device == "cuda" else 1)
+    throughput = trainer.measured_throughput(device, sweep.cpu_threads(slots) if device == "cpu" else None)
     try:
         problem = sweep.check_slots(device, slots)
         if problem:

@@ -37,6 +37,15 @@ class Interrupt:
                 child.send_signal(signal.SIGTERM)  # Ctrl-C reached them too; a second request is harmless
 
 
+def cpu_threads(slots):
+    """Torch threads each CPU job runs with: an equal share of the cores with several slots; with one, what
+    this process runs with (OMP_NUM_THREADS, or torch's default)."""
+    if slots > 1:
+        return max(1, (os.cpu_count() or 1) // slots)
+    import torch
+    return torch.get_num_threads()
+
+
 def slot_environments(device, slots):
     """One environment per slot: a GPU each on CUDA, an equal share of the cores on the CPU."""
     if device == "cuda":
@@ -45,7 +54,7 @@ def slot_environments(device, slots):
         return [{**os.environ, "CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus[:slots]]
     if slots == 1:
         return [dict(os.environ)]
-    threads = str(max(1, (os.cpu_count() or 1) // slots))
+    threads = str(cpu_threads(slots))
     return [{**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(slots)]
 
 
