@@ -78,6 +78,8 @@ def test_report_prints_only_what_has_runs(runs, capsys):
     table5 = text.split("Table 5")[1]
     assert "| MetaSAug w/o meta-learning |" in table5 and "| MetaSAug |" in table5
     assert "**" in table5 and "(best " in table5 and "n=1)" in table5
+    metasaug_row = next(line for line in table5.splitlines() if line.startswith("| MetaSAug |"))
+    assert "±" not in metasaug_row  # one run has no spread to show
     assert "test images 40" in text and "†" not in text  # the whole (tiny) test set
 
 
@@ -116,6 +118,20 @@ def test_report_marks_partial_test_sets_and_refuses_mixed_subsets(runs, tmp_path
     assert report.main([str(tmp_path), "--table", "table1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "different long-tail subsets" in err
+
+
+def test_report_averages_seeds_with_their_sample_std(runs, tmp_path, capsys):
+    _, results = runs
+    base = json.loads((results["plain"][0] / "out" / "result.json").read_text())
+    for seed, final in ((1, 40.0), (2, 44.0), (3, 45.0)):
+        (tmp_path / str(seed)).mkdir()
+        (tmp_path / str(seed) / "result.json").write_text(json.dumps(dict(base, seed=seed, final_top1_error=final)))
+    assert report.main([str(tmp_path), "--table", "table1"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| Cross-entropy training"))
+    assert "**43.00 ± 2.65** (best" in row and "n=3)" in row
+    assert report.main([str(tmp_path), "--table", "table1", "--format", "csv"]) == 0
+    ce = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert (ce["n"], ce["final_mean"], ce["final_std"]) == ("3", "43.0000", "2.6458")
 
 
 def test_report_rejects_a_missing_folder(tmp_path, capsys):

@@ -3,7 +3,8 @@
     python tools/report.py runs/table1 [--table table1] [--imbalance 100] [--format markdown|csv|latex] [--all]
 
 Runs are grouped by table row (``methods.py``: method and base loss), dataset, imbalance and protocol
-(schedule, caps and test-set coverage); the seeds of one group are averaged (mean ± sample std). The
+(schedule, caps and test-set coverage); the seeds of one group are averaged (mean ± sample std; a
+single run has no spread to show, so its number stands alone, with n=1). The
 final-epoch error is the headline; the best-epoch error (test-set selection, as the released script
 prints) stands beside it, labelled; then the paper's number and the difference (ours final − paper).
 Only tables, imbalances and rows that have runs are printed, unless ``--all`` asks for the paper's
@@ -100,8 +101,8 @@ def check_cell(group):
 
 
 def summary(values):
-    """(mean, sample std or 0.0 for one value)."""
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    """(mean, sample std); the std is None for one value, which has no spread."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def cell(group, paper):
@@ -166,8 +167,9 @@ def select_large_scale(spec, table_name, runs, show_all):
         (row, [cell(groups.get((row, c), []), papers[row].get(c)) for c in columns]) for row in rows])]
 
 
-def fmt(pair):
-    return f"{pair[0]:.2f} ± {pair[1]:.2f}"
+def fmt(pair, plus_minus=" ± "):
+    mean, std = pair
+    return f"{mean:.2f}" if std is None else f"{mean:.2f}{plus_minus}{std:.2f}"
 
 
 def markdown_cell(figures):
@@ -189,15 +191,17 @@ def shots_cell(figures):
     return " / ".join(f"{figures[k]:.1f}" if figures[k] is not None else "–" for k in ("many", "medium", "few"))
 
 
+LEGEND = ("Top-1 error (%), mean ± std over seeds (n=1: a single run, no std): **final epoch** (best test epoch "
+          "in brackets, test-set selection as the released script prints it); Δ = ours final − paper.")
+
+
 def markdown(spec, grids):
     out = []
     for grid in grids:
         header = "| method | " + " | ".join(grid["headers"]) + " |"
         rule = "|---" * (len(grid["columns"]) + 1) + "|"
-        out += [f"#### {spec['title']}", "", f"Protocol: {grid['protocol'] or '(no runs)'}. Top-1 error (%), mean ± "
-                "std over seeds: **final epoch** (best test epoch in brackets, test-set selection as the released "
-                "script prints it); Δ = ours final − paper." + (f" {PARTIAL} evaluated on part of the test set only."
-                                                                  if PARTIAL in (grid["protocol"] or "") else ""),
+        partial = f" {PARTIAL} evaluated on part of the test set only." if PARTIAL in (grid["protocol"] or "") else ""
+        out += [f"#### {spec['title']}", "", f"Protocol: {grid['protocol'] or '(no runs)'}. {LEGEND}{partial}",
                 "", header, rule]
         out += [f"| {row} | " + " | ".join(markdown_cell(c) for c in cells) + " |" for row, cells in grid["rows"]]
         out += ["", "Many / Medium / Few-shot accuracy (%) at the final epoch (>100, 20–100, <20 training images):",
@@ -215,7 +219,7 @@ def csv_rows(name, spec, grids):
             for column, figures in zip(grid["columns"], cells):
                 values = [figures.get(k) for k in ("final", "best")]
                 yield [name, grid["protocol"], row, column, figures["n"],
-                       *(f"{v[i]:.4f}" if v else "" for v in values for i in (0, 1)),
+                       *(f"{v[i]:.4f}" if v and v[i] is not None else "" for v in values for i in (0, 1)),
                        "" if figures["paper"] is None else figures["paper"],
                        "" if figures.get("delta") is None else f"{figures['delta']:.4f}",
                        *("" if figures.get(k) is None else f"{figures[k]:.4f}" for k in ("many", "medium", "few")),
@@ -239,13 +243,14 @@ def latex(spec, grids):
                 if not figures["n"]:
                     parts.append("--")
                     continue
-                text = f"{figures['final'][0]:.2f}$\\pm${figures['final'][1]:.2f}"
+                text = fmt(figures["final"], "$\\pm$")
                 if figures["paper"] is not None:
                     text += f" ({figures['paper']:.2f})"
                 parts.append(text + ("$^\\dagger$" if figures["partial"] else ""))
             out.append(f"{row} & " + " & ".join(parts) + " \\\\")
         out += ["\\hline", "\\end{tabular}",
-                "% final-epoch top-1 error, mean $\\pm$ std over seeds; the paper's number in brackets", ""]
+                "% final-epoch top-1 error, mean $\\pm$ std over seeds (no std for a single run); "
+                "the paper's number in brackets", ""]
     return out
 
 
