@@ -3,7 +3,7 @@
     python tools/export_run.py RUN_OUT_DIR CHECKPOINT DEST
 
 writes DEST/result.json, the run's figures, TensorBoard event files, train.log and notes, the final
-weights as a plain state_dict (DEST/model.pth, a few hundred kB for ResNet-32), and DEST/README.md: the
+weights as a plain state_dict (DEST/model.pth, about 1.9 MB for ResNet-32), and DEST/README.md: the
 command that trained the run (every flag that differs from its default), the commits that trained it,
 and the command that evaluates model.pth to the accuracy in result.json (tests/test_results.py runs it).
 """
