@@ -81,6 +81,7 @@ def test_report_prints_only_what_has_runs(runs, capsys):
     metasaug_row = next(line for line in table5.splitlines() if line.startswith("| MetaSAug |"))
     assert "±" not in metasaug_row  # one run has no spread to show
     assert "test images 40" in text and "†" not in text  # the whole (tiny) test set
+    assert "per seed" not in text  # one seed per cell: nothing to list
 
 
 def test_report_all_shows_the_paper_grid(runs, capsys):
@@ -127,8 +128,12 @@ def test_report_averages_seeds_with_their_sample_std(runs, tmp_path, capsys):
         (tmp_path / str(seed)).mkdir()
         (tmp_path / str(seed) / "result.json").write_text(json.dumps(dict(base, seed=seed, final_top1_error=final)))
     assert report.main([str(tmp_path), "--table", "table1"]) == 0
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| Cross-entropy training"))
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if line.startswith("| Cross-entropy training"))
     assert "**43.00 ± 2.65** (best" in row and "n=3)" in row
+    per_seed = text.split("per seed, imbalance 10:")[1]
+    assert "| method | seed 1 | seed 2 | seed 3 |" in per_seed
+    assert "| Cross-entropy training | 40.00 | 44.00 | 45.00 |" in per_seed
     assert report.main([str(tmp_path), "--table", "table1", "--format", "csv"]) == 0
     ce = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert (ce["n"], ce["final_mean"], ce["final_std"]) == ("3", "43.0000", "2.6458")

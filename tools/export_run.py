@@ -28,6 +28,10 @@ MACHINE_SPECIFIC = ("data_root", "checkpoint_dir", "out_dir", "resume", "init_fr
                     "no_cuda", "print_freq", "overwrite", "download")
 
 
+GPU_NOTE = (" on a GPU (on a CPU it may differ by a few of the 10,000 test images: cuDNN's convolutions, TF32 by "
+            "PyTorch's default, round differently)")
+
+
 def training_command(config, base_loss):
     """The script and every flag of ``config`` that differs from its default (paths left out)."""
     script, module = ((MetaSAug_LDAM_train.__name__, MetaSAug_LDAM_train) if base_loss == "ldam"
@@ -77,10 +81,12 @@ def export(run_dir, checkpoint_path, dest):
         f"Final epoch {result['final_epoch']}: top-1 error {result['final_top1_error']:.2f} "
         f"(accuracy {accuracy:.2f}); best epoch {result['best_epoch']}: {result['best_top1_error']:.2f}. "
         f"Long-tail subset sha256 {result.get('train_index_sha256')}.\n\n"
-        f"Trained with (CPU, see train.log and NOTES.txt for how it was run and resumed):\n\n"
+        f"Trained with (its last part on {result['device']}; NOTES.txt says where each part ran and how it was "
+        f"interrupted and resumed, train.log has every epoch):\n\n"
         f"```bash\n{command}\n```\n\n"
         f"Commits that trained it: {', '.join(map(str, result.get('commits', [result['commit']])))}.\n\n"
-        f"`model.pth` holds the final weights (a plain state_dict); this prints Accuracy {accuracy:.2f}:\n\n"
+        f"`model.pth` holds the final weights (a plain state_dict); this prints Accuracy {accuracy:.2f}"
+        f"{GPU_NOTE if result['device'].startswith('cuda') else ''}:\n\n"
         f"```bash\n{evaluate}\n```\n")
     return dest
 

@@ -114,6 +114,7 @@ def cell(group, paper):
         figures["final"] = summary([r["final"] for r in group])
         figures["best"] = summary([r["best"] for r in group]) if group[0]["best"] is not None else None
         figures["delta"] = figures["final"][0] - paper if paper is not None else None
+        figures["seeds"] = {r["seed"]: r["final"] for r in group}
         for key in ("many", "medium", "few"):
             values = [r["shots"][key] for r in group if r["shots"].get(key) is not None]
             figures[key] = statistics.mean(values) if values else None
@@ -195,6 +196,23 @@ LEGEND = ("Top-1 error (%), mean ± std over seeds (n=1: a single run, no std): 
           "in brackets, test-set selection as the released script prints it); Δ = ours final − paper.")
 
 
+def per_seed(grid):
+    """Each seed's final-epoch error, per imbalance with several seeds in a cell: rows of one seed share
+    their first phase and data order, so differences between rows are best read seed by seed."""
+    out = []
+    for i, (column, header) in enumerate(zip(grid["columns"], grid["headers"])):
+        cells = [(row, cells[i]) for row, cells in grid["rows"]]
+        if all(c["n"] < 2 for _, c in cells):
+            continue
+        seeds = sorted({seed for _, c in cells for seed in c.get("seeds", {})})
+        out += [f"Final-epoch top-1 error (%) per seed, {header}:", "",
+                "| method | " + " | ".join(f"seed {seed}" for seed in seeds) + " |", "|---" * (len(seeds) + 1) + "|"]
+        out += [f"| {row} | " + " | ".join(f"{c['seeds'][seed]:.2f}" if seed in c.get("seeds", {}) else "–"
+                                          for seed in seeds) + " |" for row, c in cells]
+        out.append("")
+    return out
+
+
 def markdown(spec, grids):
     out = []
     for grid in grids:
@@ -208,6 +226,7 @@ def markdown(spec, grids):
                 "", header, rule]
         out += [f"| {row} | " + " | ".join(shots_cell(c) for c in cells) + " |" for row, cells in grid["rows"]]
         out.append("")
+        out += per_seed(grid)
     if grids and spec.get("note"):
         out += [f"Paper: {spec['note']}", ""]
     return out

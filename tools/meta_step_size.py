@@ -1,0 +1,89 @@
+"""How far MetaSAug's meta step moves the covariance away from ISDA's estimate, on a trained checkpoint.
+
+    python tools/meta_step_size.py CHECKPOINT --data_root data/cifar10 [--batches 20] [--lookahead_lr 0.001 0.1]
+
+For a few training batches (augmented as in training) and balanced meta batches, takes MetaSAug's step at each
+lookahead step size asked for (the network is not updated) and prints, per step size, the relative change
+||Sigma_learned - Sigma_ISDA|| / ||Sigma_ISDA|| (Frobenius norm) of every class's covariance, averaged over the
+batches, and the relative change of the augmented training loss, in float64. Why: the meta-gradient is
+-lr * d/dSigma <grad_theta L, v>, so it scales with the lookahead step, which the released schedule sets to
+the learning rate (0.001 from epoch 161 on): if the learned covariance stays within a hair of ISDA's,
+MetaSAug trains as ISDA does.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from data_utils import DataError, augment, batch_generator, build_dataset, sample_meta_batch  # noqa: E402
+from loss import MetaSAugLoss  # noqa: E402
+from meta_layers import MetaSAug, augmentation_ratio  # noqa: E402
+from resnet import ResNet32  # noqa: E402
+
+
+def covariance_shift(checkpoint, data, lookahead_lr, batches, seed=0):
+    """Per class, the mean relative change of the covariance by the meta step; and of the training loss."""
+    config = checkpoint["config"]
+    num_classes = len(data.cls_num_list)
+    model = ResNet32(num_classes).double()  # float64: a shift of 1e-7 is float32's rounding of the covariance
+    model.load_state_dict(checkpoint["state_dict"])
+    model.train()
+    criterion = MetaSAugLoss(model.feature_dim, num_classes, data.cls_num_list, base=checkpoint["base_loss"],
+                             beta=config["beta"] or None, max_m=config["max_m"], gamma=config["gamma"])
+    criterion.double().load_state_dict(checkpoint["criterion"])
+    isda = criterion.estimator.covariance.clone()
+    meta = MetaSAug(model, criterion, meta_lr=config["meta_lr"])
+    ratio = augmentation_ratio(config["lam"], checkpoint["epoch"] - 1, config["epochs"])
+    shifts, loss_shifts = torch.zeros(num_classes), 0.0
+    for batch in range(batches):
+        criterion.estimator.covariance.copy_(isda)
+        generator = batch_generator(seed, "diagnostic", batch)
+        index = torch.randint(len(data.train_labels), (config["batch_size"],), generator=generator)
+        meta_index = sample_meta_batch(len(data.meta_labels), config["batch_size"], generator)
+        x, y = augment(data.train_images[index], generator, dtype=torch.float64), data.train_labels[index]
+        x_meta = augment(data.meta_images[meta_index], generator, dtype=torch.float64)
+        y_meta = data.meta_labels[meta_index]
+        loss, logits = meta.step(x, y, x_meta, y_meta, lr=lookahead_lr, ratio=ratio)
+        learned = meta.learned_covariance
+        # A class the estimator has not seen yet has no covariance to compare with: nan.
+        shifts += ((learned - isda).flatten(1).norm(dim=1) / isda.flatten(1).norm(dim=1)).cpu()
+        with torch.no_grad():
+            isda_loss = criterion(logits, model.linear.weight, y, isda, ratio)
+        loss_shifts += abs(loss.item() - isda_loss.item()) / isda_loss.item()
+    return shifts / batches, loss_shifts / batches
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a CIFAR checkpoint of this repository (<save_name>_ckpt.pth.tar)")
+    parser.add_argument("--data_root", required=True, help="the run's training images")
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--lookahead_lr", type=float, nargs="+", default=[0.001, 0.1],
+                        help="lookahead step sizes (the released schedule: 0.1 before epoch 160, 0.001 after)")
+    args = parser.parse_args(argv)
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        if "config" not in checkpoint or "criterion" not in checkpoint:
+            raise CheckpointError(f"{args.checkpoint} is not a training checkpoint of this repository")
+        config = checkpoint["config"]
+        data = build_dataset(args.data_root, config["dataset"], config["num_meta"], config["imb_factor"],
+                             config["imb_profile"], config["num_classes"], False, 4, config.get("subset", "released"))
+    except (CheckpointError, DataError, OSError) as error:
+        print(f"meta_step_size.py: error: {error}", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    print(f"{args.checkpoint}: epoch {checkpoint['epoch']}, meta_lr {config['meta_lr']}, {args.batches} batches; "
+          f"relative change of each class's covariance by the meta step (class 0 = most images)")
+    for lr in args.lookahead_lr:
+        shifts, loss_shift = covariance_shift(checkpoint, data, lr, args.batches)
+        per_class = " ".join(f"{value:.1e}" for value in shifts.tolist())
+        print(f"lookahead lr {lr:g}: covariance {per_class} | training loss {loss_shift:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
