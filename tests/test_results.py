@@ -56,6 +56,13 @@ def test_meta_step_size_scales_with_the_lookahead_step(tmp_path, capsys):
     # ten times the step, ten times the shift.
     for small, large in zip(*shifts):
         assert 0 < small and large / small == pytest.approx(10, rel=0.1)
+    # An exported results folder (model.pth, criterion.pth, result.json) gives the same figures as the checkpoint.
+    exported = export_run.export(tmp_path / "out", checkpoint, tmp_path / "exported")
+    assert meta_step_size.main([str(exported), "--data_root", str(data), "--batches", "2",
+                                "--lookahead_lr", "1e-5", "1e-4"]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("lookahead lr")] == lines
+    (exported / "criterion.pth").unlink()
+    assert meta_step_size.main([str(exported), "--data_root", str(data)]) == 2
     assert meta_step_size.main([str(next((data / "train").rglob("*.png"))), "--data_root", str(data)]) == 2
 
 

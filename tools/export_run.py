@@ -3,7 +3,9 @@
     python tools/export_run.py RUN_OUT_DIR CHECKPOINT DEST
 
 writes DEST/result.json, the run's figures, TensorBoard event files, train.log and notes, the final
-weights as a plain state_dict (DEST/model.pth, about 1.9 MB for ResNet-32), and DEST/README.md: the
+weights as a plain state_dict (DEST/model.pth, about 1.9 MB for ResNet-32), the loss module's final state
+(DEST/criterion.pth: the estimator's covariances, about 170 kB, which tools/meta_step_size.py reads), and
+DEST/README.md: the
 command that trained the run (every flag that differs from its default), the commits that trained it,
 and the command that evaluates model.pth to the accuracy in result.json (tests/test_results.py runs it).
 """
@@ -72,6 +74,7 @@ def export(run_dir, checkpoint_path, dest):
     for events in sorted(run_dir.glob("events.out.tfevents.*")):
         shutil.copy2(events, dest / events.name)
     save_checkpoint({k: v.contiguous() for k, v in checkpoint["state_dict"].items()}, dest / "model.pth")
+    save_checkpoint(checkpoint["criterion"], dest / "criterion.pth")
     command = shlex.join(["python", *training_command(config, result["base_loss"]), "--data_root", "data/cifar10"])
     evaluate = shlex.join(["python", "MetaSAug_test.py", "--checkpoint_path", str(dest / "model.pth"), "--dataset",
                            config["dataset"], "--imb_factor", str(config["imb_factor"]), "--data_root", "data/cifar10"])
@@ -87,7 +90,10 @@ def export(run_dir, checkpoint_path, dest):
         f"Commits that trained it: {', '.join(map(str, result.get('commits', [result['commit']])))}.\n\n"
         f"`model.pth` holds the final weights (a plain state_dict); this prints Accuracy {accuracy:.2f}"
         f"{GPU_NOTE if result['device'].startswith('cuda') else ''}:\n\n"
-        f"```bash\n{evaluate}\n```\n")
+        f"```bash\n{evaluate}\n```\n\n"
+        f"`criterion.pth` holds the loss module's final state (the estimator's class means and covariances); "
+        f"this measures how far MetaSAug's meta step moves those covariances:\n\n"
+        f"```bash\n{shlex.join(['python', 'tools/meta_step_size.py', str(dest), '--data_root', 'data/cifar10'])}\n```\n")
     return dest
 
 

@@ -1,6 +1,9 @@
 """How far MetaSAug's meta step moves the covariance away from ISDA's estimate, on a trained checkpoint.
 
-    python tools/meta_step_size.py CHECKPOINT --data_root data/cifar10 [--batches 20] [--lookahead_lr 0.001 0.1]
+    python tools/meta_step_size.py CHECKPOINT_OR_RESULT --data_root data/cifar10 [--batches 20] [--lookahead_lr 0.001 0.1]
+
+CHECKPOINT_OR_RESULT is a training checkpoint (<save_name>_ckpt.pth.tar) or a folder tools/export_run.py wrote
+(results/...: model.pth, criterion.pth and result.json).
 
 For a few training batches (augmented as in training) and balanced meta batches, takes MetaSAug's step at each
 lookahead step size asked for (the network is not updated) and prints, per step size, the relative change
@@ -11,6 +14,7 @@ the learning rate (0.001 from epoch 161 on): if the learned covariance stays wit
 MetaSAug trains as ISDA does.
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -57,18 +61,32 @@ def covariance_shift(checkpoint, data, lookahead_lr, batches, seed=0):
     return shifts / batches, loss_shifts / batches
 
 
+def load_run(path):
+    """A training checkpoint, or the same fields gathered from an exported results folder."""
+    path = Path(path)
+    if not path.is_dir():
+        checkpoint = load_checkpoint(path)
+        if "config" not in checkpoint or "criterion" not in checkpoint:
+            raise CheckpointError(f"{path} is not a training checkpoint of this repository")
+        return checkpoint
+    if not (path / "criterion.pth").is_file() or not (path / "result.json").is_file():
+        raise CheckpointError(f"{path} holds no criterion.pth and result.json; export the run with tools/export_run.py")
+    result = json.loads((path / "result.json").read_text())
+    return {"state_dict": load_checkpoint(path / "model.pth"), "criterion": load_checkpoint(path / "criterion.pth"),
+            "config": result["config"], "base_loss": result["base_loss"], "epoch": result["final_epoch"]}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a CIFAR checkpoint of this repository (<save_name>_ckpt.pth.tar)")
+    parser.add_argument("checkpoint", help="a CIFAR training checkpoint of this repository "
+                        "(<save_name>_ckpt.pth.tar) or a results folder written by tools/export_run.py")
     parser.add_argument("--data_root", required=True, help="the run's training images")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--lookahead_lr", type=float, nargs="+", default=[0.001, 0.1],
                         help="lookahead step sizes (the released schedule: 0.1 before epoch 160, 0.001 after)")
     args = parser.parse_args(argv)
     try:
-        checkpoint = load_checkpoint(args.checkpoint)
-        if "config" not in checkpoint or "criterion" not in checkpoint:
-            raise CheckpointError(f"{args.checkpoint} is not a training checkpoint of this repository")
+        checkpoint = load_run(args.checkpoint)
         config = checkpoint["config"]
         data = build_dataset(args.data_root, config["dataset"], config["num_meta"], config["imb_factor"],
                              config["imb_profile"], config["num_classes"], False, 4, config.get("subset", "released"))
