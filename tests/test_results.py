@@ -87,4 +87,5 @@ def test_committed_weights_evaluate_to_their_result(weights, cifar10_test_split,
     else:
         assert f"{accuracy:.2f}" == f"{100 - result['final_top1_error']:.2f}"
     assert weights.stat().st_size < 2 * 1024 * 1024
-    assert (weights.parent / "README.md").is_file() and list(weights.parent.glob("events.out.tfevents.*"))
+    assert (weights.parent / "README.md").is_file() and (weights.parent / "criterion.pth").is_file()
+    assert list(weights.parent.glob("events.out.tfevents.*"))
