@@ -5,9 +5,9 @@
 writes DEST/result.json, the run's figures, TensorBoard event files, train.log and notes, the final
 weights as a plain state_dict (DEST/model.pth, about 1.9 MB for ResNet-32), the loss module's final state
 (DEST/criterion.pth: the estimator's covariances, about 170 kB, which tools/meta_step_size.py reads), and
-DEST/README.md: the
-command that trained the run (every flag that differs from its default), the commits that trained it,
-and the command that evaluates model.pth to the accuracy in result.json (tests/test_results.py runs it).
+DEST/README.md: the command that trained the run (every flag that differs from its default), the commits that
+trained it, the command that evaluates model.pth to the accuracy in result.json (tests/test_results.py runs
+it) and the one that measures the meta step on criterion.pth.
 """
 import argparse
 import json

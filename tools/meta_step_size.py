@@ -70,7 +70,7 @@ def load_run(path):
             raise CheckpointError(f"{path} is not a training checkpoint of this repository")
         return checkpoint
     if not (path / "criterion.pth").is_file() or not (path / "result.json").is_file():
-        raise CheckpointError(f"{path} holds no criterion.pth and result.json; export the run with tools/export_run.py")
+        raise CheckpointError(f"{path} lacks criterion.pth or result.json; export the run with tools/export_run.py")
     result = json.loads((path / "result.json").read_text())
     return {"state_dict": load_checkpoint(path / "model.pth"), "criterion": load_checkpoint(path / "criterion.pth"),
             "config": result["config"], "base_loss": result["base_loss"], "epoch": result["final_epoch"]}
