@@ -63,6 +63,11 @@ class MetaSAug:
     ``criterion`` is a ``loss.MetaSAugLoss``; ``classifier`` names the model's last linear layer.
     ``lookahead="classifier"`` restricts the lookahead to that layer (the ImageNet/iNat recipe).
 
+    ``carry_covariance=True`` is a variant, not the released method: the learned covariance replaces the
+    estimator's before its update, so the meta steps accumulate across iterations (the released code and
+    the paper's eq. 4 start every step from the estimate). A ``MetaStepMonitor`` passed as ``monitor``
+    measures every step.
+
     Usage::
 
         loss, logits = meta.step(x, y, x_meta, y_meta, lr=lookahead_lr, ratio=ratio)
@@ -70,13 +75,14 @@ class MetaSAug:
     """
 
     def __init__(self, model, criterion, meta_lr=0.1, classifier="linear", lookahead="all",
-                 meta_gradient="jvp"):
+                 meta_gradient="jvp", carry_covariance=False, monitor=None):
         if lookahead not in LOOKAHEADS:
             raise ValueError(f"lookahead must be one of {LOOKAHEADS}, got {lookahead!r}")
         if meta_gradient not in META_GRADIENTS:
             raise ValueError(f"meta_gradient must be one of {META_GRADIENTS}, got {meta_gradient!r}")
         self.model, self.criterion, self.meta_lr = model, criterion, meta_lr
         self.lookahead, self.meta_gradient = lookahead, meta_gradient
+        self.carry_covariance, self.monitor = carry_covariance, monitor
         self.classifier = model.get_submodule(classifier)
         num_classes = criterion.estimator.covariance.shape[0]
         weight = getattr(self.classifier, "weight", None)
@@ -114,17 +120,26 @@ class MetaSAug:
         ``lr`` is the lookahead's SGD step size (the released code uses the current learning rate).
         The loss carries its graph to the model's parameters; the caller backpropagates it.
         """
-        covariance = self.criterion.estimator.covariance.detach()
+        estimator = self.criterion.estimator
+        covariance = estimator.covariance.detach()
         if self.meta_gradient == "jvp":
-            features, logits, learned = self._learn_by_jvp(inputs, targets, meta_inputs, meta_targets,
-                                                           lr, ratio, covariance)
+            features, logits, meta_grad = self._meta_grad_by_jvp(inputs, targets, meta_inputs, meta_targets,
+                                                                 lr, ratio, covariance)
         else:
-            learned = self._learn_by_double_backward(inputs, targets, meta_inputs, meta_targets,
-                                                     lr, ratio, covariance)
+            meta_grad = self._meta_grad_by_double_backward(inputs, targets, meta_inputs, meta_targets,
+                                                           lr, ratio, covariance)
             features, logits = self.model(inputs)
+        shift = self.meta_lr * meta_grad
+        learned = (covariance - shift).detach()
         self.learned_covariance = learned
-        self.criterion.estimator.update(features.detach(), targets)
+        if self.carry_covariance:  # later steps start from the learned covariance, not the estimate
+            estimator.covariance = learned
+        before_update = estimator.covariance
+        estimator.update(features.detach(), targets)
         loss = self.criterion(logits, self.classifier.weight, targets, learned, ratio)
+        if self.monitor is not None:
+            self.monitor.observe(self.criterion, logits.detach(), self.classifier.weight.detach(), targets, ratio,
+                                 covariance, shift.detach(), estimator.covariance - before_update)
         return loss, logits
 
     def _meta_loss_grad(self, lookahead_params, meta_inputs, meta_targets):
@@ -135,7 +150,7 @@ class MetaSAug:
         meta_loss = F.cross_entropy(meta_logits, meta_targets)
         return torch.autograd.grad(meta_loss, list(lookahead_params.values()))
 
-    def _learn_by_jvp(self, inputs, targets, meta_inputs, meta_targets, lr, ratio, covariance):
+    def _meta_grad_by_jvp(self, inputs, targets, meta_inputs, meta_targets, lr, ratio, covariance):
         params = self._lookahead_params()
         weight = self.classifier.weight
         if self.lookahead == "all" and hasattr(self.model, "logits_jvp"):
@@ -158,7 +173,7 @@ class MetaSAug:
         weight_tangent = tangents.get(self._weight_key)
         meta_grad = -lr * self._mixed_partial(logits.detach(), weight.detach(), targets, covariance,
                                               ratio, logits_tangent, weight_tangent)
-        return features, logits, covariance - self.meta_lr * meta_grad
+        return features, logits, meta_grad
 
     def _logits_jvp_by_forward_ad(self, params, tangents, inputs, features):
         """The logits' tangent by ``torch.func.jvp``, which repeats the forward pass."""
@@ -179,7 +194,7 @@ class MetaSAug:
             directional = directional + (grad_weight * weight_tangent).sum()
         return torch.autograd.grad(directional, covariance)[0]
 
-    def _learn_by_double_backward(self, inputs, targets, meta_inputs, meta_targets, lr, ratio, covariance):
+    def _meta_grad_by_double_backward(self, inputs, targets, meta_inputs, meta_targets, lr, ratio, covariance):
         covariance = covariance.clone().requires_grad_()
         params = self._lookahead_params()
         with frozen_batchnorm_statistics(self.model):
@@ -191,5 +206,68 @@ class MetaSAug:
         with frozen_batchnorm_statistics(self.model):
             meta_logits = self._logits(lookahead, meta_inputs, meta_features)
         meta_loss = F.cross_entropy(meta_logits, meta_targets)
-        grad_cov = torch.autograd.grad(meta_loss, covariance)[0]
-        return (covariance - self.meta_lr * grad_cov).detach()
+        return torch.autograd.grad(meta_loss, covariance)[0]
+
+
+class MetaStepMonitor:
+    """How far MetaSAug's meta step moves each class's covariance, and the training loss, accumulated over steps.
+
+    Per step and class: ``||Sigma_learned - Sigma_est|| / ||Sigma_est||`` (Frobenius), and the same shift over
+    the estimator's own update of that step ``||Sigma_est,after - Sigma_est,before||``. A class counts only in
+    the steps where it is in the training batch (its meta-gradient is zero otherwise: averaging those zeros in
+    would understate the tail classes' shift) and its estimate is not still zero. The shift is taken from the
+    meta-gradient itself, and the losses with the learned and the estimated covariance are evaluated in
+    float64, so that shifts far below float32's resolution of the covariance are measured, not rounded away.
+    Sums stay on the tensors' device; ``summary`` reads them once (an epoch's figures in the trainer).
+    """
+
+    def __init__(self):
+        self._sums = None
+
+    def observe(self, criterion, logits, weight, labels, ratio, estimated, shift, estimator_update):
+        """One step: ``estimated`` the covariance it started from, ``shift`` = estimated - learned,
+        ``estimator_update`` the estimator's change by this step's batch."""
+        def norms(tensor):
+            return tensor.detach().flatten(1).double().norm(dim=1)
+        base, moved, update = norms(estimated), norms(shift), norms(estimator_update)
+        present = torch.bincount(labels, minlength=estimated.shape[0]) > 0
+        counted, counted_update = present & (base > 0), present & (update > 0)
+        with torch.no_grad():
+            logits, weight, estimated = logits.double(), weight.double(), estimated.double()
+            isda_loss = criterion(logits, weight, labels, estimated, ratio)
+            learned_loss = criterion(logits, weight, labels, estimated - shift.double(), ratio)
+        per_class = torch.stack([torch.where(counted, moved / base, 0.0), counted.double(),
+                                 torch.where(counted_update, moved / update, 0.0), counted_update.double()])
+        per_step = torch.stack([learned_loss - isda_loss, (learned_loss - isda_loss).abs() / isda_loss,
+                                torch.ones_like(isda_loss)])
+        if self._sums is None:
+            self._sums = [torch.zeros_like(per_class), torch.zeros_like(per_step)]
+        self._sums = [self._sums[0].to(per_class) + per_class, self._sums[1].to(per_step) + per_step]
+
+    def state(self):
+        """The sums so far (nested lists of floats; None before the first step), for a checkpoint: a run
+        resumed mid-epoch then reports the whole epoch."""
+        return None if self._sums is None else [total.tolist() for total in self._sums]
+
+    def load_state(self, state):
+        self._sums = None if state is None else [torch.tensor(total, dtype=torch.float64) for total in state]
+
+    def summary(self):
+        """The steps observed since the last call, as ``meta_step_*`` floats (per-class lists with None for a
+        class never counted), and a reset; {} when no step was observed."""
+        if self._sums is None:
+            return {}
+        (shift, counted, vs_update, counted_update), (loss_change, relative_loss_change, steps) = (
+            total.cpu().tolist() for total in self._sums)
+        self._sums = None
+
+        def means(sums, counts):
+            return [value / count if count else None for value, count in zip(sums, counts)]
+        result = dict(meta_step_steps=int(steps), meta_step_loss_change=loss_change / steps,
+                      meta_step_relative_loss_change=relative_loss_change / steps)
+        for key, per_class in (("shift", means(shift, counted)), ("shift_vs_estimator", means(vs_update, counted_update))):
+            seen = [value for value in per_class if value is not None]
+            result.update({f"meta_step_{key}_mean": sum(seen) / len(seen) if seen else None,
+                           f"meta_step_{key}_max": max(seen) if seen else None,
+                           f"meta_step_{key}_per_class": per_class})
+        return result

@@ -22,10 +22,10 @@ from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, add_run_
                  require_rates, resolve_device, str2bool, training_config)
 from data_utils import (CAO2019_MEAN, CAO2019_STD, CIFAR_MEAN, CIFAR_NUM_CLASSES, CIFAR_STD, SUBSETS, DataError,
                         augment, batch_generator, build_dataset, epoch_batches, index_fingerprint, normalize,
-                        sample_meta_batch)
+                        sample_meta_batch, stream_seed)
 from figures import confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
 from loss import MetaSAugLoss, classification_loss
-from meta_layers import LOOKAHEADS, META_GRADIENTS, MetaSAug, augmentation_ratio
+from meta_layers import LOOKAHEADS, META_GRADIENTS, MetaSAug, MetaStepMonitor, augmentation_ratio
 from methods import AUGMENTED, META_STEPPING, METHODS, method_help
 from metrics import evaluation_subset, per_class_accuracy, predict, shot_accuracy, top1_accuracy
 from resnet import ResNet32
@@ -35,7 +35,7 @@ RESUME_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_pr
                      "epochs", "lr", "momentum", "nesterov", "weight_decay", "seed", "lam", "meta_lr",
                      "meta_start", "lr_milestones", "loss", "gamma", "max_m", "beta", "lookahead",
                      "max_train_batches", "method", "amp", "eval_every", "channels_last", "max_test_batches",
-                     "recipe", "subset")
+                     "recipe", "subset", "lookahead_lr", "carry_cv", "branch_seed")
 
 
 # Flags the first phase (every epoch before --meta_start) depends on; with the first phase's loss
@@ -184,6 +184,15 @@ def build_parser(prog, description, losses):
                        help="evaluate first-phase epochs every N epochs (1: every epoch, as released); the "
                             "second phase, the first phase's last epoch and the last epoch are always evaluated")
     added.add_argument("--lookahead", choices=LOOKAHEADS, default="all", help="parameters of the lookahead step")
+    added.add_argument("--lookahead_lr", type=float, default=None,
+                       help="the lookahead's step size as a constant (released: the current learning rate)")
+    added.add_argument("--carry_cv", action="store_true",
+                       help="a variant, not the released method: the covariance learned at each step replaces the "
+                            "estimator's for later steps (released: every step starts from the estimate)")
+    added.add_argument("--branch_seed", type=int, default=0,
+                       help="N > 0: epochs from --meta_start on draw their data order, augmentation and meta "
+                            "batches from stream N, so one first phase gives independent second phases "
+                            "(0: the stream of --seed, as every run before this flag)")
     added.add_argument("--meta_gradient", choices=META_GRADIENTS, default="jvp",
                        help="exact fast path, or the released double backward")
     added.add_argument("--channels_last", type=str2bool, default=True,
@@ -200,7 +209,7 @@ def validate_args(args):
     args.num_classes = args.num_classes or CIFAR_NUM_CLASSES[args.dataset]
     args.out_dir = args.out_dir or str(Path("runs") / args.save_name)
     require(args, positive=("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq", "eval_every"),
-            non_negative=("workers",), caps=("max_train_batches", "max_test_batches"))
+            non_negative=("workers", "branch_seed"), caps=("max_train_batches", "max_test_batches"))
     require_rates(args)
     require_imb_factor(args.imb_factor)
     if RECIPES[args.recipe].normed_classifier and args.method in AUGMENTED:
@@ -210,6 +219,11 @@ def validate_args(args):
     if args.subset == "cao2019" and args.method in META_STEPPING:
         raise UsageError(f"--subset cao2019 keeps every training image of the head class, so no meta set can be "
                          f"held out for --method {args.method}; use --subset released")
+    if args.method not in META_STEPPING and (args.lookahead_lr is not None or args.carry_cv):
+        raise UsageError(f"--lookahead_lr and --carry_cv change the meta step, which --method {args.method} does not "
+                         f"take; use --method {' or '.join(META_STEPPING)}")
+    if args.lookahead_lr is not None and args.lookahead_lr <= 0:
+        raise UsageError(f"--lookahead_lr must be positive, got {args.lookahead_lr}")
     if args.first_phase_only and not 1 <= args.meta_start <= args.epochs:
         raise UsageError(f"--first_phase_only needs a first phase: 1 <= --meta_start <= --epochs, got "
                          f"--meta_start {args.meta_start} and --epochs {args.epochs}")
@@ -306,7 +320,8 @@ class Run:
         self.meta = None
         if args.method in META_STEPPING:
             self.meta = MetaSAug(self.model, self.criterion, meta_lr=args.meta_lr, lookahead=args.lookahead,
-                                 meta_gradient=args.meta_gradient)
+                                 meta_gradient=args.meta_gradient, carry_covariance=args.carry_cv,
+                                 monitor=MetaStepMonitor())
         self.forward_model = torch.compile(self.model) if args.compile else self.model
         self.state = RunState()
         if resume_state is not None:
@@ -324,6 +339,8 @@ class Run:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if criterion:
             self.criterion.load_state_dict(checkpoint["criterion"])
+            if self.meta is not None:
+                self.meta.monitor.load_state(checkpoint.get("meta_step_sums"))
         self.state = RunState.from_checkpoint(checkpoint)
 
     def schedule(self, epoch):
@@ -334,24 +351,36 @@ class Run:
         lr = learning_rate(epoch + recipe.lr_from_next_epoch, args.lr, args.lr_milestones)
         if epoch < recipe.warmup_epochs:
             lr *= (epoch + 1) / recipe.warmup_epochs
-        return (lr, learning_rate(epoch, args.lr, args.lr_milestones), augmentation_ratio(args.lam, epoch, args.epochs))
+        lookahead_lr = args.lookahead_lr if args.lookahead_lr is not None else learning_rate(epoch, args.lr,
+                                                                                             args.lr_milestones)
+        return lr, lookahead_lr, augmentation_ratio(args.lam, epoch, args.epochs)
+
+    def stream(self, epoch):
+        """The seed of 0-based ``epoch``'s random streams (order, augmentation, meta batches): --seed's, or from
+        --meta_start on --branch_seed's own when it is not 0."""
+        args = self.args
+        if args.branch_seed and epoch >= args.meta_start:
+            return stream_seed(args.seed, "branch", args.branch_seed)
+        return args.seed
 
     def _checkpoint(self):
         """The released checkpoint keys, plus the run state and what --resume and --init_from check."""
         return dict(self.state.to_checkpoint(), state_dict=self.model.state_dict(),
                     optimizer=self.optimizer.state_dict(), criterion=self.criterion.state_dict(),
                     config=vars(self.args), cls_num_list=self.data.cls_num_list, base_loss=self.args.loss,
-                    train_index_sha256=self.train_index_sha256)
+                    train_index_sha256=self.train_index_sha256,
+                    meta_step_sums=None if self.meta is None else self.meta.monitor.state())
 
-    def augmented_batch(self, images, labels, index, *keys):
-        """Images ``index`` augmented on the device; ``keys`` name the random stream (same keys, same batch)."""
-        generator = batch_generator(self.args.seed, *keys, device=self.device)
+    def augmented_batch(self, images, labels, index, seed, *keys):
+        """Images ``index`` augmented on the device; ``seed`` and ``keys`` name the random stream (same keys,
+        same batch)."""
+        generator = batch_generator(seed, *keys, device=self.device)
         recipe = self.recipe
         images = augment(images[index], generator, mean=recipe.mean, std=recipe.std, pad_mode=recipe.pad_mode)
         return images.contiguous(memory_format=self.memory_format), labels[index]
 
     def train_step(self, epoch, iteration, index, lookahead_lr, ratio):
-        x, y = self.augmented_batch(self.data.train_images, self.data.train_labels, index,
+        x, y = self.augmented_batch(self.data.train_images, self.data.train_labels, index, self.stream(epoch),
                                     "augment", epoch, iteration)
         with self.autocast():
             loss, logits = self._loss(x, y, epoch, iteration, lookahead_lr, ratio)
@@ -382,9 +411,10 @@ class Run:
             loss = classification_loss(logits, y, self.args.loss, self.criterion.class_weights if reweight else None,
                                        self.criterion.margins, self.args.gamma, self.recipe.logit_scale)
         else:
-            generator = batch_generator(self.args.seed, "meta", epoch, iteration, device=self.device)
+            seed = self.stream(epoch)
+            generator = batch_generator(seed, "meta", epoch, iteration, device=self.device)
             meta_index = sample_meta_batch(len(self.data.meta_labels), self.args.batch_size, generator)
-            x_meta, y_meta = self.augmented_batch(self.data.meta_images, self.data.meta_labels, meta_index,
+            x_meta, y_meta = self.augmented_batch(self.data.meta_images, self.data.meta_labels, meta_index, seed,
                                                   "meta_augment", epoch, iteration)
             loss, logits = self.meta.step(x, y, x_meta, y_meta, lr=lookahead_lr, ratio=ratio)
         return loss, logits
@@ -410,8 +440,8 @@ class Run:
     def phase_name(self, epoch):
         method, second = self.args.method, epoch >= self.args.meta_start
         if method in AUGMENTED:
-            return {"metasaug": "MetaSAug", "metasaug_no_reweight": "MetaSAug w/o re-weighting",
-                    "isda": "ISDA"}[method] if second else "plain CE"
+            name = {"metasaug": "MetaSAug", "metasaug_no_reweight": "MetaSAug w/o re-weighting", "isda": "ISDA"}
+            return name[method] + " (covariance carried over)" * self.args.carry_cv if second else "plain CE"
         return "deferred re-weighting" if method == "drw" and second else self.args.loss
 
     def epoch_seconds(self):
@@ -483,7 +513,7 @@ class Run:
             lr, lookahead_lr, ratio = self.schedule(epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            batches = epoch_batches(len(self.data.train_labels), args.batch_size, args.seed, epoch,
+            batches = epoch_batches(len(self.data.train_labels), args.batch_size, self.stream(epoch), epoch,
                                     device=self.device)[:args.max_train_batches]
             losses = []
             tick = time.time()
@@ -534,6 +564,8 @@ class Run:
         spectrum = self._covariance_spectrum()
         entry = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, covariance_spectrum=spectrum,
                      train_time_s=state.epoch_time, images_per_s=float(seen) / max(state.epoch_time, 1e-9))
+        if self.meta is not None:
+            entry.update(self.meta.monitor.summary())
         is_best = False
         if evaluates(epoch, args.epochs, args.meta_start, args.eval_every):
             tick = time.time()
@@ -561,6 +593,11 @@ class Run:
             scalars += [("test/top1", entry["test_top1"]),
                         *((f"test/{k}_shot", v) for k, v in entry["shot_accuracy"].items() if v is not None)]
             self._write_confusion(step, confusion, writer)
+        scalars += [(f"meta_step/{key[len('meta_step_'):]}", value) for key, value in entry.items()
+                    if key.startswith("meta_step_") and isinstance(value, float)]
+        if entry.get("meta_step_shift_per_class"):
+            rarest = entry["meta_step_shift_per_class"][self.rarest]
+            scalars += [("meta_step/shift_rarest_class", rarest)] if rarest is not None else []
         for name, value in scalars:
             writer.add_scalar(name, value, step)
         self._write_spectrum(step, spectrum, writer)

@@ -151,10 +151,11 @@ def ours_data(run, num_batches):
     data, epoch = run.data, run.args.meta_start
     batches = ours_batches(run, epoch, num_batches)
     for iteration, index in enumerate(batches):
-        run.augmented_batch(data.train_images, data.train_labels, index, "augment", epoch, iteration)
+        run.augmented_batch(data.train_images, data.train_labels, index, run.args.seed, "augment", epoch, iteration)
         generator = batch_generator(run.args.seed, "meta", epoch, iteration, device=run.device)
         meta_index = sample_meta_batch(len(data.meta_labels), run.args.batch_size, generator)
-        run.augmented_batch(data.meta_images, data.meta_labels, meta_index, "meta_augment", epoch, iteration)
+        run.augmented_batch(data.meta_images, data.meta_labels, meta_index, run.args.seed, "meta_augment", epoch,
+                            iteration)
     return sum(map(len, batches)), len(batches)
 
 
@@ -376,9 +377,9 @@ def build_cases(data_cpu, device, args):
     ours, n, k = runs["jvp"], args.epoch_batches, args.steps
     meta_epoch = ours.args.meta_start
     index = ours_batches(ours, meta_epoch, 1)[0]
-    x, y = ours.augmented_batch(data.train_images, data.train_labels, index, "bench")
+    x, y = ours.augmented_batch(data.train_images, data.train_labels, index, ours.args.seed, "bench")
     meta_index = sample_meta_batch(len(data.meta_labels), args.batch_size, batch_generator(SEED, "bench"))
-    meta_batch = ours.augmented_batch(data.meta_images, data.meta_labels, meta_index, "bench_meta")
+    meta_batch = ours.augmented_batch(data.meta_images, data.meta_labels, meta_index, ours.args.seed, "bench_meta")
     cases = {
         "ours/plain_step": Case(lambda: steps(lambda: ours_compute_step(ours, x, y), k)),
         "ours/metasaug_jvp": Case(lambda: steps(lambda: ours_compute_step(ours, x, y, meta_batch), k)),

@@ -96,6 +96,17 @@ def training_run(script, args, base):
                            best=base / "ckpt" / f"{name}_best.pth.tar", out=base / "out")
 
 
+def run_together(runs, cwd):
+    """Start every (script, args) at once (one thread each), wait for all; their CompletedProcess-likes."""
+    procs = [subprocess.Popen(command(script, args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=ENV) for script, args in runs]
+    done = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        done.append(SimpleNamespace(returncode=proc.returncode, stdout=stdout, stderr=stderr))
+    return done
+
+
 def assert_ok(proc):
     assert proc.returncode == 0, f"exit code {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
 

@@ -1,5 +1,6 @@
 """The MetaSAug step: fast JVP meta-gradient vs the double-backward reference, finite
-differences, BatchNorm statistics, dtypes and the classifier-only lookahead."""
+differences, BatchNorm statistics, dtypes, the classifier-only lookahead, the carried covariance
+variant and the meta-step monitor."""
 import copy
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from loss import MetaSAugLoss
-from meta_layers import MetaSAug
+from meta_layers import MetaSAug, MetaStepMonitor
 from resnet import ResNet32
 
 COUNTS = [30, 12, 5, 2]
@@ -140,3 +141,66 @@ def test_a_forward_pass_under_autocast_is_not_reused(monkeypatch):
     assert torch.isfinite(loss)
     with pytest.raises(AssertionError, match="under autocast"):
         MetaSAug(model, criterion, meta_lr=10.0).step(*batch, lr=0.5, ratio=0.7)
+
+
+@pytest.mark.parametrize("meta_gradient", ["jvp", "double_backward"])
+def test_carry_covariance_starts_the_estimator_from_the_learned_covariance(meta_gradient):
+    model, criterion, batch = tiny_setup()
+    x, y = batch[:2]
+    features = copy.deepcopy(model)(x)[0].detach()  # the step's training forward pass, on a copy
+    start = copy.deepcopy(criterion.estimator)
+    released, carried = (MetaSAug(copy.deepcopy(model), copy.deepcopy(criterion), meta_lr=10.0,
+                                  meta_gradient=meta_gradient, carry_covariance=carry) for carry in (False, True))
+    for meta in (released, carried):
+        meta.step(*batch, lr=0.5, ratio=0.7)
+    torch.testing.assert_close(carried.learned_covariance, released.learned_covariance, rtol=0, atol=0)
+    expected = copy.deepcopy(start)
+    expected.update(features, y)  # released: the estimate moves by the batch alone
+    torch.testing.assert_close(released.criterion.estimator.covariance, expected.covariance, rtol=1e-12, atol=0)
+    expected = copy.deepcopy(start)
+    expected.covariance = released.learned_covariance.clone()
+    expected.update(features, y)  # carried: the same update, from the learned covariance
+    torch.testing.assert_close(carried.criterion.estimator.covariance, expected.covariance, rtol=1e-12, atol=0)
+    assert (carried.criterion.estimator.covariance - released.criterion.estimator.covariance).abs().max() > 1e-6
+
+
+def monitored_step(meta_lr, targets=None):
+    model, criterion, batch = tiny_setup()
+    if targets is not None:
+        batch = (batch[0], targets, *batch[2:])
+    monitor = MetaStepMonitor()
+    meta = MetaSAug(model, criterion, meta_lr=meta_lr, monitor=monitor)
+    start = criterion.estimator.covariance.clone()
+    loss, _ = meta.step(*batch, lr=0.5, ratio=0.7)
+    return monitor, start, meta, loss, criterion
+
+
+def test_monitor_measures_the_shift_of_each_class_present_in_the_batch():
+    targets = torch.tensor([0, 1, 1, 0] * 3)  # classes 2 and 3 absent: their meta-gradient is zero
+    monitor, start, meta, loss, criterion = monitored_step(10.0, targets)
+    state = monitor.state()
+    summary = monitor.summary()
+    shift = (meta.learned_covariance - start).flatten(1).norm(dim=1) / start.flatten(1).norm(dim=1)
+    assert shift[2:].abs().max() == 0 and shift[:2].min() > 0
+    torch.testing.assert_close(torch.tensor(summary["meta_step_shift_per_class"][:2], dtype=torch.float64), shift[:2],
+                               rtol=1e-9, atol=0)
+    assert summary["meta_step_shift_per_class"][2:] == [None, None]
+    assert summary["meta_step_shift_mean"] == pytest.approx(shift[:2].mean().item(), rel=1e-9)
+    assert summary["meta_step_shift_max"] == pytest.approx(shift[:2].max().item(), rel=1e-9)
+    update = (criterion.estimator.covariance - start).flatten(1).norm(dim=1)
+    vs_update = summary["meta_step_shift_vs_estimator_per_class"]
+    moved = (meta.learned_covariance - start).flatten(1).norm(dim=1)
+    torch.testing.assert_close(torch.tensor(vs_update[:2], dtype=torch.float64), moved[:2] / update[:2], rtol=1e-9,
+                               atol=0)
+    assert summary["meta_step_steps"] == 1
+    assert summary["meta_step_loss_change"] != 0 and summary["meta_step_relative_loss_change"] > 0
+    assert monitor.summary() == {}  # summary resets
+    monitor.load_state(state)  # what a checkpoint carries gives the same figures back
+    assert monitor.summary() == summary
+
+
+def test_monitor_shift_scales_with_the_meta_learning_rate():
+    one, two = (monitored_step(meta_lr)[0].summary() for meta_lr in (1e-4, 2e-4))  # the loss: linear for small steps
+    for a, b in zip(one["meta_step_shift_per_class"], two["meta_step_shift_per_class"]):
+        assert b == pytest.approx(2 * a, rel=1e-9)
+    assert two["meta_step_relative_loss_change"] == pytest.approx(2 * one["meta_step_relative_loss_change"], rel=1e-3)

@@ -196,7 +196,8 @@ def test_cao2019_recipe_reaches_optimizer_network_loss_and_data(tmp_path):
     assert logits.abs().max() <= 1 + 1e-6  # cosine logits
     # zero-padded crops: a white image gains black (0) borders, normalised with Cao's mean and std
     white = torch.full((64, 3, 8, 8), 255, dtype=torch.uint8)
-    batch, _ = run.augmented_batch(white, torch.zeros(64, dtype=torch.long), torch.arange(64), "augment", 0, 0)
+    batch, _ = run.augmented_batch(white, torch.zeros(64, dtype=torch.long), torch.arange(64), run.args.seed,
+                                   "augment", 0, 0)
     black = (0 - torch.tensor(CAO2019_MEAN)) / torch.tensor(CAO2019_STD)
     assert torch.isclose(batch.amin(dim=(0, 2, 3)), black, atol=1e-5).all()
 

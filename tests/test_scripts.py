@@ -12,7 +12,6 @@ import signal
 import subprocess
 import threading
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from PIL import Image
 
 from conftest import (CE, ENV, EPOCHS, ITERATIONS, LDAM, NUM_CLASSES, REPO_ROOT, TEST, TIMEOUT, assert_ok,
                       assert_one_line_error, assert_tensors_equal, call_main, command, load, make_tree, run_script,
-                      snapshot, train_flags, training_run, untimed)
+                      run_together, snapshot, train_flags, training_run, untimed)
 
 import MetaSAug_test
 import trainer
@@ -332,6 +331,14 @@ TRAIN_BAD_INPUTS = {
                           r"holds the state after 3 epochs and 0 iterations, not the end of the first phase "
                           r"\(1 epochs\)"),
     "init-from-released-layout": (["--init_from", "{inputs}/released.pth.tar"], r"is not a first-phase checkpoint"),
+    "carry-cv-without-meta-step": (["--carry_cv", "--method", "isda"],
+                                   r"change the meta step, which --method isda does not take"),
+    "lookahead-lr-without-meta-step": (["--lookahead_lr", "0.1", "--method", "plain"],
+                                       r"change the meta step, which --method plain does not take"),
+    "lookahead-lr-0": (["--lookahead_lr", "0"], r"--lookahead_lr must be positive, got 0\.0"),
+    "branch-seed-negative": (["--branch_seed", "-1"], r"--branch_seed must not be negative, got -1"),
+    "resume-other-branch-seed": (["--resume", "{inputs}/good.pth.tar", "--branch_seed", "2"],
+                                 r"was written with other flags \(--branch_seed 2 vs 0\)"),
 }
 
 
@@ -511,17 +518,6 @@ def test_non_finite_loss_stops_with_epoch_and_iteration(tree4, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 8. Branches from a shared first phase end bit-identical to training from scratch
 # ---------------------------------------------------------------------------------------------
-
-def run_together(runs, cwd):
-    """Start every (script, args) at once (one thread each), wait for all; their CompletedProcess-likes."""
-    procs = [subprocess.Popen(command(script, args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=ENV) for script, args in runs]
-    done = []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT)
-        done.append(SimpleNamespace(returncode=proc.returncode, stdout=stdout, stderr=stderr))
-    return done
-
 
 def test_branches_from_one_first_phase_equal_runs_from_scratch(tree4, tmp_path):
     # 2 first-phase epochs (the first not evaluated), then 2 second-phase epochs with a learning-rate step.

@@ -6,14 +6,18 @@ CHECKPOINT_OR_RESULT is a training checkpoint (<save_name>_ckpt.pth.tar) or a fo
 (results/...: model.pth, criterion.pth and result.json).
 
 For a few training batches (augmented as in training) and balanced meta batches, takes MetaSAug's step at each
-lookahead step size asked for (the network is not updated) and prints, per step size, the relative change
+lookahead step size asked for, each from the checkpoint's estimator (the network is not updated), and prints per
+step size what the training runs log per epoch (meta_layers.MetaStepMonitor, in float64): the relative change
 ||Sigma_learned - Sigma_ISDA|| / ||Sigma_ISDA|| (Frobenius norm) of every class's covariance, averaged over the
-batches, and the relative change of the augmented training loss, in float64. Why: the meta-gradient is
+batches that hold the class (an absent class's meta-gradient is zero: '-' if no batch held it), the same change
+relative to the estimator's own update by the batch, and the relative change of the augmented training loss.
+Why: the meta-gradient is
 -lr * d/dSigma <grad_theta L, v>, so it scales with the lookahead step, which the released schedule sets to
 the learning rate (0.001 from epoch 161 on): if the learned covariance stays within a hair of ISDA's,
 MetaSAug trains as ISDA does.
 """
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -25,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from data_utils import DataError, augment, batch_generator, build_dataset, sample_meta_batch  # noqa: E402
 from loss import MetaSAugLoss  # noqa: E402
-from meta_layers import MetaSAug, augmentation_ratio  # noqa: E402
+from meta_layers import MetaSAug, MetaStepMonitor, augmentation_ratio  # noqa: E402
 from resnet import ResNet32  # noqa: E402
 
 
-def covariance_shift(checkpoint, data, lookahead_lr, batches, seed=0):
-    """Per class, the mean relative change of the covariance by the meta step; and of the training loss."""
+def meta_step_figures(checkpoint, data, lookahead_lr, batches, seed=0):
+    """MetaStepMonitor's summary of ``batches`` meta steps, each from the checkpoint's estimator."""
     config = checkpoint["config"]
     num_classes = len(data.cls_num_list)
     model = ResNet32(num_classes).double()  # float64: a shift of 1e-7 is float32's rounding of the covariance
@@ -39,26 +43,24 @@ def covariance_shift(checkpoint, data, lookahead_lr, batches, seed=0):
     criterion = MetaSAugLoss(model.feature_dim, num_classes, data.cls_num_list, base=checkpoint["base_loss"],
                              beta=config["beta"] or None, max_m=config["max_m"], gamma=config["gamma"])
     criterion.double().load_state_dict(checkpoint["criterion"])
-    isda = criterion.estimator.covariance.clone()
-    meta = MetaSAug(model, criterion, meta_lr=config["meta_lr"])
+    estimate = copy.deepcopy(criterion.estimator.state_dict())
+    monitor = MetaStepMonitor()
+    meta = MetaSAug(model, criterion, meta_lr=config["meta_lr"], monitor=monitor)
     ratio = augmentation_ratio(config["lam"], checkpoint["epoch"] - 1, config["epochs"])
-    shifts, loss_shifts = torch.zeros(num_classes), 0.0
     for batch in range(batches):
-        criterion.estimator.covariance.copy_(isda)
+        criterion.estimator.load_state_dict(estimate)
         generator = batch_generator(seed, "diagnostic", batch)
         index = torch.randint(len(data.train_labels), (config["batch_size"],), generator=generator)
         meta_index = sample_meta_batch(len(data.meta_labels), config["batch_size"], generator)
         x, y = augment(data.train_images[index], generator, dtype=torch.float64), data.train_labels[index]
         x_meta = augment(data.meta_images[meta_index], generator, dtype=torch.float64)
         y_meta = data.meta_labels[meta_index]
-        loss, logits = meta.step(x, y, x_meta, y_meta, lr=lookahead_lr, ratio=ratio)
-        learned = meta.learned_covariance
-        # A class the estimator has not seen yet has no covariance to compare with: nan.
-        shifts += ((learned - isda).flatten(1).norm(dim=1) / isda.flatten(1).norm(dim=1)).cpu()
-        with torch.no_grad():
-            isda_loss = criterion(logits, model.linear.weight, y, isda, ratio)
-        loss_shifts += abs(loss.item() - isda_loss.item()) / isda_loss.item()
-    return shifts / batches, loss_shifts / batches
+        meta.step(x, y, x_meta, y_meta, lr=lookahead_lr, ratio=ratio)
+    return monitor.summary()
+
+
+def per_class_text(values):
+    return " ".join("-" if value is None else f"{value:.1e}" for value in values)
 
 
 def load_run(path):
@@ -97,9 +99,10 @@ def main(argv=None):
     print(f"{args.checkpoint}: epoch {checkpoint['epoch']}, meta_lr {config['meta_lr']}, {args.batches} batches; "
           f"relative change of each class's covariance by the meta step (class 0 = most images)")
     for lr in args.lookahead_lr:
-        shifts, loss_shift = covariance_shift(checkpoint, data, lr, args.batches)
-        per_class = " ".join(f"{value:.1e}" for value in shifts.tolist())
-        print(f"lookahead lr {lr:g}: covariance {per_class} | training loss {loss_shift:.1e}")
+        figures = meta_step_figures(checkpoint, data, lr, args.batches)
+        print(f"lookahead lr {lr:g}: covariance {per_class_text(figures['meta_step_shift_per_class'])} | "
+              f"vs the estimator's update {per_class_text(figures['meta_step_shift_vs_estimator_per_class'])} | "
+              f"training loss {figures['meta_step_relative_loss_change']:.1e}")
     return 0
 
 
