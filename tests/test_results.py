@@ -1,5 +1,6 @@
 """Committed results re-check: each results/**/model.pth evaluates to the accuracy its result.json
-records (on the real CIFAR-10 test images of ../shared), and tools/export_run.py writes such a pair."""
+records (on the real CIFAR-10 test images of ../shared), tools/export_run.py writes such a pair, and a
+first phase it exports branches exactly like the run trained from scratch."""
 import json
 import re
 import subprocess
@@ -8,7 +9,8 @@ import pytest
 
 import MetaSAug_test
 import trainer
-from conftest import CIFAR10_ARCHIVE, REPO_ROOT, make_tree, train_flags
+from conftest import (CE, CIFAR10_ARCHIVE, REPO_ROOT, assert_ok, assert_tensors_equal, load, make_tree, run_together,
+                      train_flags, untimed)
 from tools import export_run, meta_step_size
 
 GPU_TOLERANCE = 0.05  # percentage points: 5 of the 10,000 CIFAR test images
@@ -40,6 +42,41 @@ def test_exported_weights_evaluate_to_the_run_s_accuracy(tmp_path, capsys):
     assert f"{accuracy:.2f}" == f"{100 - result['final_top1_error']:.2f}"
     assert export_run.main([str(tmp_path / "out"), str(tmp_path / "ckpt" / "tiny_ckpt.pth.tar"), str(dest)]) == 2
 
+
+def test_an_exported_first_phase_branches_like_the_run_from_scratch(tmp_path):
+    data = make_tree(tmp_path / "data", 4, train=40, test=10)
+
+    def flags(name, *extra):
+        return (train_flags(data, tmp_path, name=name) + ["--epochs", 3, "--meta_start", 2, "--lr_milestones", 2,
+                                                          "--out_dir", tmp_path / "out" / name, *extra])
+
+    for proc in run_together([(CE, flags("first_phase_seed42", "--method", "plain", "--first_phase_only")),
+                              (CE, flags("scratch"))], tmp_path):
+        assert_ok(proc)
+    first_phase = export_run.export(tmp_path / "out" / "first_phase_seed42",
+                                    tmp_path / "ckpt" / "first_phase_seed42_ckpt.pth.tar",
+                                    tmp_path / "results" / "first_phase_seed42")
+    phase1 = load(first_phase / "phase1.pth")
+    assert set(phase1) == set(export_run.FIRST_PHASE_KEYS)  # no loss module, nothing twice
+    readme = (first_phase / "README.md").read_text()
+    assert "--first_phase_only" in readme and f"--init_from {first_phase / 'phase1.pth'}" in readme
+    (branch,) = run_together([(CE, flags("branch", "--init_from", first_phase / "phase1.pth"))], tmp_path)
+    assert_ok(branch)
+    a, b = (load(tmp_path / "ckpt" / f"{name}_ckpt.pth.tar") for name in ("scratch", "branch"))
+    for key in ("state_dict", "optimizer", "criterion", "epoch_sums"):
+        assert_tensors_equal(a[key], b[key], key)
+    results = [json.loads((tmp_path / "out" / name / "result.json").read_text()) for name in ("scratch", "branch")]
+    assert untimed(results[0]["history"]) == untimed(results[1]["history"])
+
+    exported = export_run.export(tmp_path / "out" / "branch", tmp_path / "ckpt" / "branch_ckpt.pth.tar",
+                                 tmp_path / "results" / "branch", first_phase=first_phase)
+    readme = (exported / "README.md").read_text()
+    assert "from the committed first phase [first_phase_seed42](../first_phase_seed42)" in readme
+    assert f"--init_from {first_phase / 'phase1.pth'}" in readme
+    # A run that did not branch from it is not said to have.
+    assert export_run.main([str(tmp_path / "out" / "scratch"), str(tmp_path / "ckpt" / "scratch_ckpt.pth.tar"),
+                            str(tmp_path / "results" / "scratch"), "--first_phase", str(first_phase)]) == 2
+    assert not (tmp_path / "results" / "scratch").exists()
 
 def test_meta_step_size_scales_with_the_lookahead_step(tmp_path, capsys):
     data = make_tree(tmp_path / "data", 4, train=40, test=10)
