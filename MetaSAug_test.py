@@ -8,9 +8,9 @@ import sys
 import torch
 
 from checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state_from
-from cli import (HelpFormatter, OneLineParser, UsageError, require_imb_factor, resolve_device, settle_from_config,
+from cli import (HelpFormatter, OneLineParser, UsageError, resolve_device, settle_from_config,
                  str2bool)
-from data_utils import CIFAR_NUM_CLASSES, DataError, get_img_num_per_cls, load_split, normalize
+from data_utils import CIFAR_NUM_CLASSES, DataError, check_imb_factor, get_img_num_per_cls, load_split, normalize
 from metrics import per_class_accuracy, predict, shot_accuracy, top1_accuracy
 from resnet import ResNet32
 
@@ -48,7 +48,7 @@ RECORDED = {"dataset": "cifar100", "imb_factor": 0.005, "num_meta": 10, "num_cla
 def evaluate(args):
     checkpoint = load_checkpoint(args.checkpoint_path)
     settle_from_config(args, checkpoint, RECORDED)
-    require_imb_factor(args.imb_factor)
+    check_imb_factor(args.imb_factor)
     args.data_root = args.data_root or f"data/{args.dataset}"
     device = resolve_device(args.device, args.gpu)
     num_classes = args.num_classes or CIFAR_NUM_CLASSES[args.dataset]

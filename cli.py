@@ -88,11 +88,6 @@ def require_rates(args):
         raise UsageError("--lr must be positive and --lam, --meta_lr non-negative")
 
 
-def require_imb_factor(imb_factor):
-    if not 0 < imb_factor <= 1:
-        raise UsageError(f"--imb_factor must be in (0, 1] (0.01 means imbalance 100), got {imb_factor}")
-
-
 def resolve_device(choice, index=0):
     """``auto``: CUDA device ``index`` when CUDA is available, else the CPU."""
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):

@@ -39,6 +39,13 @@ class DataError(ValueError):
 # Per-class counts
 # ---------------------------------------------------------------------------------------------
 
+def check_imb_factor(imb_factor):
+    """The one check of an imbalance factor, for the flag and for the functions below."""
+    if not 0 < imb_factor <= 1:
+        raise DataError(f'--imb_factor must be in (0, 1] (the smallest class over the largest: 0.01 means '
+                        f'imbalance 100), got {imb_factor}')
+
+
 def long_tail_counts(img_max, num_classes, imb_factor=None, profile='exp'):
     """Images per class for a long-tailed set whose head class (class 0) has `img_max` images.
 
@@ -53,9 +60,7 @@ def long_tail_counts(img_max, num_classes, imb_factor=None, profile='exp'):
         raise DataError(f'unknown imbalance profile {profile!r}; use one of {", ".join(_PROFILES)}')
     if imb_factor is None:
         return [int(img_max)] * num_classes
-    if not 0 < imb_factor <= 1:
-        raise DataError(f'imb_factor must lie in (0, 1] (min/max class size, 0.01 = imbalance 100), '
-                        f'got {imb_factor}')
+    check_imb_factor(imb_factor)
     if profile == 'step':
         num_head = num_classes // 2
         return [int(img_max)] * num_head + [int(img_max * imb_factor)] * (num_classes - num_head)

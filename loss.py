@@ -1,17 +1,18 @@
 """ISDA's class-conditional statistics, the augmented (ISDA upper-bound) logits and the
-long-tail losses that MetaSAug puts on top of them: cross-entropy, focal and LDAM, optionally
-re-weighted with class-balanced weights.
+long-tail losses that MetaSAug puts on top of them (the registry ``BASE_LOSSES``: cross-entropy,
+focal and LDAM), optionally re-weighted with class-balanced weights.
 
 Everything here follows the authors' released code (see the README's "Deviations" section for
 the few places that differ in form but not in value) and works in any float dtype on any device:
 results take the dtype and device of the logits.
 """
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-BASES = ("ce", "focal", "ldam")
 
 
 def class_balanced_weights(cls_num_list, beta=0.9999):
@@ -35,6 +36,38 @@ def ldam_margins(cls_num_list, max_m=0.5):
         raise ValueError(f"cls_num_list must be a non-empty list of positive counts, got {list(cls_num_list)}")
     margins = 1.0 / np.sqrt(np.sqrt(counts))
     return torch.from_numpy(margins * (max_m / margins.max()))
+
+
+def _subtract_true_class_margin(logits, labels, margins):
+    true_class = F.one_hot(labels, logits.shape[1]).bool()
+    return logits - true_class * margins.to(logits)[labels].unsqueeze(1)
+
+
+@dataclass(frozen=True)
+class BaseLoss:
+    """A base loss: what it minimises in words (runs whose words are equal train the same first phase;
+    ``{gamma}`` and ``{max_m}`` are filled in), and for a loss that moves the logits by a per-class
+    constant, the ``MetaSAugLoss`` buffer that holds it (``constant``), how it is built from the class
+    counts (``build(cls_num_list, max_m=...)``) and how it moves the logits (``apply(logits, labels,
+    constant)``). ``focal``: the focal form of the cross-entropy on the (moved) logits."""
+    words: str
+    constant: str = None
+    build: Callable = None
+    apply: Callable = None
+    focal: bool = False
+
+    def describe(self, gamma, max_m):
+        return self.words.format(gamma=gamma, max_m=max_m)
+
+
+# The one registry of base losses: the scripts' --loss choices, the first-phase check and the planner read it.
+BASE_LOSSES = {
+    "ce": BaseLoss("cross-entropy"),
+    "focal": BaseLoss("focal loss (gamma {gamma})", focal=True),
+    "ldam": BaseLoss("LDAM loss (max_m {max_m})", "margins", lambda counts, max_m: ldam_margins(counts, max_m),
+                     _subtract_true_class_margin),
+}
+BASES = tuple(BASE_LOSSES)
 
 
 def _check_labels(labels, num_samples, num_classes):
@@ -158,29 +191,30 @@ def isda_aug_logits(logits, fc_weight, labels, covariance, ratio):
     return logits + 0.5 * sigma2
 
 
-def classification_loss(logits, labels, base="ce", class_weights=None, margins=None, gamma=1.0, scale=1.0):
-    """The base losses, on plain or augmented logits.
+def classification_loss(logits, labels, base="ce", class_weights=None, constant=None, gamma=1.0, scale=1.0):
+    """The base losses of ``BASE_LOSSES``, on plain or augmented logits; ``constant`` is the base's
+    per-class constant (``MetaSAugLoss.constant``), where it has one.
 
     - ``ce``: ``cross_entropy(logits, y, weight=class_weights)`` (weighted mean).
-    - ``ldam``: ``margins[y]`` subtracted from the true-class logit, then the same cross-entropy;
-      no scale ``s``, as in the released MetaSAug code.
+    - ``ldam``: the margins ``constant[y]`` subtracted from the true-class logit, then the same
+      cross-entropy; no scale ``s``, as in the released MetaSAug code.
     - ``scale``: the logits (margins subtracted) are multiplied by it before the softmax: Cao et al.'s
       ``s = 30`` with their normalised classifier; 1 otherwise.
     - ``focal``: ``sum_n w_y (1 - p_y)^gamma (-log p_y) / sum_n w_y`` with ``p = softmax(logits)``
       (Lin et al. 2017 on the softmax; ``gamma = 0`` gives ``ce`` exactly). The authors released no
       focal code; this normalisation matches ``ce``'s weighted mean.
     """
-    if base not in BASES:
+    if base not in BASE_LOSSES:
         raise ValueError(f"base must be one of {BASES}, got {base!r}")
+    spec = BASE_LOSSES[base]
     weight = None if class_weights is None else class_weights.to(logits)
-    if base == "ldam":
-        if margins is None:
-            raise ValueError("base 'ldam' needs margins (see ldam_margins)")
-        true_class = F.one_hot(labels, logits.shape[1]).bool()
-        logits = logits - true_class * margins.to(logits)[labels].unsqueeze(1)
+    if spec.apply is not None:
+        if constant is None:
+            raise ValueError(f"base {base!r} needs its per-class {spec.constant} (MetaSAugLoss.constant)")
+        logits = spec.apply(logits, labels, constant)
     if scale != 1.0:
         logits = scale * logits
-    if base != "focal":
+    if not spec.focal:
         return F.cross_entropy(logits, labels, weight=weight)
     log_p = F.log_softmax(logits, dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
     per_sample = -((1 - log_p.exp()) ** gamma) * log_p
@@ -200,7 +234,7 @@ class MetaSAugLoss(nn.Module):
     def __init__(self, feature_dim, num_classes, cls_num_list, base="ce", diagonal=False,
                  beta=0.9999, max_m=0.5, gamma=1.0):
         super().__init__()
-        if base not in BASES:
+        if base not in BASE_LOSSES:
             raise ValueError(f"base must be one of {BASES}, got {base!r}")
         if len(cls_num_list) != num_classes:
             raise ValueError(f"cls_num_list has {len(cls_num_list)} entries but num_classes={num_classes}")
@@ -208,8 +242,16 @@ class MetaSAugLoss(nn.Module):
         self.estimator = EstimatorCV(feature_dim, num_classes, diagonal)
         weights = None if beta is None else class_balanced_weights(cls_num_list, beta)
         self.register_buffer("class_weights", weights)
-        self.register_buffer("margins", ldam_margins(cls_num_list, max_m) if base == "ldam" else None)
+        spec = BASE_LOSSES[base]
+        if spec.constant is not None:
+            self.register_buffer(spec.constant, spec.build(cls_num_list, max_m=max_m))
+
+    @property
+    def constant(self):
+        """The base loss's per-class constant (LDAM's margins), or None."""
+        name = BASE_LOSSES[self.base].constant
+        return None if name is None else getattr(self, name)
 
     def forward(self, logits, fc_weight, labels, covariance, ratio):
         augmented = isda_aug_logits(logits, fc_weight, labels, covariance, ratio)
-        return classification_loss(augmented, labels, self.base, self.class_weights, self.margins, self.gamma)
+        return classification_loss(augmented, labels, self.base, self.class_weights, self.constant, self.gamma)

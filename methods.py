@@ -1,24 +1,49 @@
-"""The training methods (``--method``) and the rows of the paper's CIFAR tables they reproduce.
+"""The training methods (``--method``), what each computes, and the rows of the paper's tables they give.
 
-The one place that maps a method and base loss to a paper row: the training scripts' ``--help``,
-``tools/run_table.py`` (which runs a table's rows) and ``tools/report.py`` (which names them) read it.
-The paper's numbers for these rows are in ``tools/paper_results.json``.
+A method is data: the trainer, the first-phase check, ``tools/run_table.py`` (which runs a table's rows)
+and ``tools/report.py`` (which names them) read its ``Method`` record; no other module tests a method's
+name. The paper's numbers for the rows are in ``tools/paper_results.json``. Nothing here imports torch
+(``run_table.py --help`` reads it).
 """
 from dataclasses import dataclass
 
 CE_SCRIPT, LDAM_SCRIPT = "MetaSAug_CE_train.py", "MetaSAug_LDAM_train.py"
+WEIGHTS = ("none", "class-balanced", "deferred")
 
-METHODS = {  # what each method trains; the rows it gives are in ROWS
-    "metasaug": "plain CE until --meta_start, then MetaSAug, class-balanced",
-    "metasaug_no_reweight": "as metasaug, without class weights",
-    "isda": "plain CE until --meta_start, then ISDA with the covariance estimated before each batch (MetaSAug "
-            "without its meta step), class-balanced",
-    "plain": "the base loss alone, every epoch",
-    "cb": "the base loss with class-balanced weights, every epoch",
-    "drw": "the base loss, class-balanced weights from --meta_start (deferred re-weighting)",
+
+@dataclass(frozen=True)
+class Method:
+    """What one ``--method`` trains. An ``augmented`` method trains plain cross-entropy before
+    ``--meta_start`` (whatever its base loss, as released: the first phase that CE and the augmented rows
+    of one setting share) and the base loss on ISDA-augmented logits from then on, with a meta step per
+    iteration if ``meta_step``; the others train the base loss every epoch. ``weights``: the loss's class
+    weights, "none", "class-balanced" or "deferred" (class-balanced from ``--meta_start`` on).
+    ``label``: the second phase's name in the epoch lines (None: the base loss's name throughout)."""
+    summary: str
+    weights: str
+    augmented: bool = False
+    meta_step: bool = False
+    label: str = None
+
+    @property
+    def second_phase(self):
+        """Whether the epochs from --meta_start on train differently from those before."""
+        return self.augmented or self.weights == "deferred"
+
+
+METHODS = {  # the rows each gives are in ROWS
+    "metasaug": Method("plain CE until --meta_start, then MetaSAug, class-balanced", "class-balanced",
+                       augmented=True, meta_step=True, label="MetaSAug"),
+    "metasaug_no_reweight": Method("as metasaug, without class weights", "none", augmented=True, meta_step=True,
+                                   label="MetaSAug w/o re-weighting"),
+    "isda": Method("plain CE until --meta_start, then ISDA with the covariance estimated before each batch "
+                   "(MetaSAug without its meta step), class-balanced", "class-balanced", augmented=True,
+                   label="ISDA"),
+    "plain": Method("the base loss alone, every epoch", "none"),
+    "cb": Method("the base loss with class-balanced weights, every epoch", "class-balanced"),
+    "drw": Method("the base loss, class-balanced weights from --meta_start (deferred re-weighting)", "deferred",
+                  label="deferred re-weighting"),
 }
-AUGMENTED = ("metasaug", "metasaug_no_reweight", "isda")  # ISDA-augmented logits in the second phase
-META_STEPPING = ("metasaug", "metasaug_no_reweight")      # a meta step per iteration in the second phase
 
 
 @dataclass(frozen=True)
@@ -94,7 +119,31 @@ def row_name(method, loss, recipe="released"):
 def method_help():
     """``--method``'s help: each method with the paper rows it gives."""
     parts = []
-    for method, text in METHODS.items():
-        rows = [f"'{row.name}' ({row.loss})" for row in ROWS.values() if row.method == method]
-        parts.append(f"{method}: {text}" + (f" - paper rows {', '.join(rows)}" if rows else ""))
+    for name, method in METHODS.items():
+        rows = [f"'{row.name}' ({row.loss})" for row in ROWS.values() if row.method == name]
+        parts.append(f"{name}: {method.summary}" + (f" - paper rows {', '.join(rows)}" if rows else ""))
     return "; ".join(parts)
+
+
+def meta_stepping():
+    """The names of the methods that take a meta step."""
+    return tuple(name for name, method in METHODS.items() if method.meta_step)
+
+
+# The large-scale runs (ImageNet_iNat/train.py): which cells of Tables 3, 4 and 6 a run fills, by dataset,
+# backbone and stage (stage 1 trains the whole network with plain cross-entropy, the papers' CE rows; stage 2
+# is MetaSAug).
+BACKBONES = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "resnet152": "ResNet-152"}
+
+
+def large_scale_cells(dataset, arch, stage):
+    """{table: (row, column)} of the paper's large-scale tables that a run fills."""
+    cells = {}
+    if dataset == "ImageNet_LT":
+        if arch == "resnet50":
+            cells["table3"] = ("MetaSAug with CE loss" if stage == 2 else "CE training", dataset)
+        if stage == 2 and arch in BACKBONES:
+            cells["table6"] = (BACKBONES[arch], "MetaSAug")
+    elif arch == "resnet50":
+        cells["table4"] = ("MetaSAug" if stage == 2 else "CE", dataset)
+    return cells

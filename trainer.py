@@ -4,12 +4,11 @@ The schedule is the released one: plain cross-entropy until ``--meta_start``, th
 class-balanced weights and ``ratio = lam * epoch / epochs``; the optimizer's learning rate is set
 from ``epoch + 1`` (the released off-by-one) while the lookahead uses ``epoch``. Every epoch's data
 order and every batch's augmentation are derived from ``(seed, epoch, iteration)``, so a resumed
-run, mid-epoch included, repeats the uninterrupted one exactly.
+run, mid-epoch included, repeats the uninterrupted one exactly. What each ``--method`` computes is its
+record in methods.py; the flags are cifar_flags.py's, the time estimates timing.py's.
 """
-import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,270 +16,22 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import CheckpointError, RunState, load_checkpoint, load_model_state, save_checkpoint, save_json
-from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, add_run_file_flags, check_resume, clear_files,
-                 duration, files_to_clear, flag_clashes, git_commit, interrupt_message, require, require_imb_factor,
-                 require_rates, resolve_device, str2bool, training_config)
-from data_utils import (CAO2019_MEAN, CAO2019_STD, CIFAR_MEAN, CIFAR_NUM_CLASSES, CIFAR_STD, SUBSETS, DataError,
-                        augment, batch_generator, build_dataset, epoch_batches, index_fingerprint, normalize,
-                        sample_meta_batch, stream_seed)
+from cifar_flags import (RECIPES, RESUME_MUST_MATCH, check_init_from, parse_args, run_checkpoints,
+                         second_phase_warning, validate_args)
+from cli import (StopRequest, UsageError, check_resume, clear_files, duration, files_to_clear, git_commit,
+                 interrupt_message, resolve_device)
+from data_utils import (DataError, augment, batch_generator, build_dataset, epoch_batches, index_fingerprint,
+                        normalize, sample_meta_batch, stream_seed)
 from figures import confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
 from loss import MetaSAugLoss, classification_loss
-from meta_layers import LOOKAHEADS, META_GRADIENTS, MetaSAug, MetaStepMonitor, augmentation_ratio
-from methods import AUGMENTED, META_STEPPING, METHODS, method_help
+from meta_layers import MetaSAug, MetaStepMonitor, augmentation_ratio
+from methods import METHODS
 from metrics import evaluation_subset, per_class_accuracy, predict, shot_accuracy, top1_accuracy
 from resnet import ResNet32
-
-# Flags whose change would make a resumed run a different experiment.
-RESUME_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_profile", "batch_size",
-                     "epochs", "lr", "momentum", "nesterov", "weight_decay", "seed", "lam", "meta_lr",
-                     "meta_start", "lr_milestones", "loss", "gamma", "max_m", "beta", "lookahead",
-                     "max_train_batches", "method", "amp", "eval_every", "channels_last", "max_test_batches",
-                     "recipe", "subset", "lookahead_lr", "carry_cv", "branch_seed")
-
-
-# Flags the first phase (every epoch before --meta_start) depends on; with the first phase's loss
-# (first_phase_loss) they decide whether a run may branch from another run's first phase (--init_from).
-PHASE1_MUST_MATCH = ("dataset", "num_classes", "num_meta", "imb_factor", "imb_profile", "seed", "batch_size",
-                     "epochs", "lr", "lr_milestones", "momentum", "nesterov", "weight_decay", "meta_start",
-                     "channels_last", "amp", "compile", "max_train_batches", "eval_every", "max_test_batches",
-                     "test_batch_size", "recipe", "subset")
-
-
-def first_phase_loss(method, base, beta, max_m, gamma):
-    """What the epochs before --meta_start minimise, in words: runs with equal text compute the same first phase.
-
-    The augmented methods train plain cross-entropy there whatever their base loss (as released);
-    plain and drw their base loss unweighted; cb its base loss with class-balanced weights.
-    """
-    if method in AUGMENTED:
-        return "cross-entropy"
-    text = {"ce": "cross-entropy", "ldam": f"LDAM loss (max_m {max_m})", "focal": f"focal loss (gamma {gamma})"}[base]
-    return f"class-balanced (beta {beta}) {text}" if method == "cb" and beta else text
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A training recipe: the flag defaults it sets (a flag given on the command line still wins) and
-    what it fixes beyond flags."""
-    flags: dict = field(default_factory=dict)
-    normed_classifier: bool = False   # resnet.NormedLinear instead of a linear layer
-    logit_scale: float = 1.0          # logits x s before the softmax (loss.classification_loss)
-    warmup_epochs: int = 0            # linear learning-rate warm-up: lr x (epoch + 1) / warmup_epochs
-    lr_from_next_epoch: bool = True   # the released off-by-one: the rate of 0-based epoch e is set from e + 1
-    pad_mode: str = "reflect"         # of the random crop's 4-pixel padding
-    mean: tuple = CIFAR_MEAN
-    std: tuple = CIFAR_STD
-
-
-RECIPES = {
-    # MetaSAug's released scripts: every flag default of this file.
-    "released": Recipe(),
-    # Cao et al. (2019), LDAM-DRW's released cifar_train.py and models/resnet_cifar.py, which the paper
-    # ran for its LDAM and LDAM-DRW rows: batch 128, weight decay 2e-4, no Nesterov, a 5-epoch linear
-    # warm-up, lr x0.01 at 0-based epochs 160 and 180, a normalised last layer with s = 30, zero-padded
-    # crops, their normalisation and long-tail subset, DRW (beta 0.9999) from epoch 160.
-    "cao2019": Recipe(flags=dict(batch_size=128, weight_decay=2e-4, nesterov=False, lr_milestones=[160, 180],
-                                 meta_start=160, beta=0.9999, max_m=0.5, subset="cao2019"),
-                      normed_classifier=True, logit_scale=30.0, warmup_epochs=5, lr_from_next_epoch=False,
-                      pad_mode="constant", mean=CAO2019_MEAN, std=CAO2019_STD),
-}
-
-
-THROUGHPUT = Path(__file__).with_name("tools") / "throughput.json"
-# What a second-phase epoch costs in plain-phase epochs where no measurement says better (MetaSAug's
-# forward-mode meta step: 4.3x on the CPU of tools/throughput.json; a conservative figure elsewhere).
-SECOND_PHASE_COST = 4.5
-
-
-def measured_throughput(device_type, threads=None):
-    """Images/s measured on this project's machines (tools/throughput.json) for ``device_type``, or None:
-    {"plain", "metasaug", "evaluation", "machine"}. A CPU's figures depend on its thread count (one thread
-    runs an epoch 2.4x slower than two here), so they are taken at the count measured nearest to
-    ``threads`` (default: torch's) and scaled linearly to it."""
-    entry = json.loads(THROUGHPUT.read_text()).get(device_type) if THROUGHPUT.is_file() else None
-    if entry is None or "threads" not in entry:
-        return entry
-    threads = threads or torch.get_num_threads()
-    nearest = min(entry["threads"], key=lambda measured: (abs(int(measured) - threads), -int(measured)))
-    scale = threads / int(nearest)
-    figures = {key: entry["threads"][nearest][key] * scale for key in ("plain", "metasaug", "evaluation")}
-    where = f"{entry['machine']}, {nearest} thread{'s' * (nearest != '1')}"
-    return {**figures, "machine": where if scale == 1 else f"{where}, scaled to {threads}"}
-
-
-def build_parser(prog, description, losses):
-    p = OneLineParser(prog=prog, description=description, formatter_class=HelpFormatter)
-    released = p.add_argument_group("flags of the released script (same meaning and default)")
-    released.add_argument("--dataset", default="cifar100", choices=("cifar10", "cifar100"))
-    released.add_argument("--batch-size", dest="batch_size", type=int, default=100, help="training batch size")
-    released.add_argument("--num_classes", type=int, default=None,
-                          help="default: the dataset's (10 for cifar10, 100 for cifar100, as released)")
-    released.add_argument("--num_meta", type=int, default=10, help="meta (validation) images per class")
-    released.add_argument("--imb_factor", type=float, default=0.005,
-                          help="smallest/largest class size: 0.01 is 'imbalance 100'")
-    released.add_argument("--test-batch-size", dest="test_batch_size", type=int, default=100,
-                          help="evaluation batch size")
-    released.add_argument("--epochs", type=int, default=200, help="training epochs")
-    released.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.1, help="initial learning rate")
-    released.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    released.add_argument("--nesterov", type=str2bool, default=True, help="Nesterov momentum (true/false)")
-    released.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float, default=5e-4,
-                          help="SGD weight decay")
-    released.add_argument("--no-cuda", dest="no_cuda", action="store_true", help="same as --device cpu")
-    released.add_argument("--split", type=int, default=1000, help="unused, as in the released script")
-    released.add_argument("--seed", type=int, default=42, help="model init, data order, augmentation")
-    released.add_argument("--print-freq", "-p", dest="print_freq", type=int, default=100,
-                          help="iterations between progress lines")
-    released.add_argument("--lam", type=float, default=0.25,
-                          help="augmentation strength; ratio = lam * epoch / epochs")
-    released.add_argument("--gpu", type=int, default=0, help="CUDA device index (with --device auto|cuda)")
-    released.add_argument("--meta_lr", type=float, default=0.1, help="step size of the covariance update")
-    released.add_argument("--save_name", default="name", help="name of the run's checkpoints and out_dir")
-    released.add_argument("--idx", default="0", help="run index, recorded in result.json")
-
-    added = p.add_argument_group("added by this repository")
-    added.add_argument("--method", choices=tuple(METHODS), default="metasaug", help=method_help())
-    added.add_argument("--subset", choices=SUBSETS, default="released",
-                       help="long-tail subset: 'released' (MetaSAug's: meta set removed first, numpy seed 6, "
-                            "random seed 42) or 'cao2019' (LDAM-DRW's: numpy seed 0, whole training split)")
-    if len(losses) > 1:
-        added.add_argument("--loss", choices=losses, default=losses[0],
-                           help="base loss of the MetaSAug phase ('focal': Table 1 'MetaSAug with focal loss')")
-        p.set_defaults(recipe="released")
-    else:
-        p.set_defaults(loss=losses[0])
-        added.add_argument("--recipe", choices=tuple(RECIPES), default="released",
-                           help="released: MetaSAug's recipe (every default here); cao2019: Cao et al.'s LDAM-DRW "
-                                "code, as the paper ran its LDAM and LDAM-DRW rows (--method plain or drw): "
-                                "batch 128, weight decay 2e-4, no Nesterov (flags given still win), a 5-epoch "
-                                "warm-up, lr x0.01 at 0-based epochs 160 and 180, a normalised classifier with "
-                                "s = 30, zero-padded crops, their normalisation, --subset cao2019")
-    added.add_argument("--gamma", type=float, default=1.0, help="focal loss exponent")
-    added.add_argument("--max_m", type=float, default=0.5, help="largest LDAM margin")
-    added.add_argument("--beta", type=float, default=0.9999, help="class-balanced weights' beta")
-    added.add_argument("--data_root", default=None,
-                       help="image folders {train,test}/<class>/* or torchvision's CIFAR python files "
-                            "(default data/<dataset>)")
-    added.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data_root")
-    added.add_argument("--imb_profile", default="exp", choices=("exp", "step"), help="long-tail profile")
-    added.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                       help="auto: CUDA when available")
-    added.add_argument("--meta_start", type=int, default=160, help="first epoch of the MetaSAug phase")
-    added.add_argument("--lr_milestones", type=int, nargs="*", default=[160, 180],
-                       help="epochs where lr is multiplied by 0.01 (applied from epoch+1, as released)")
-    added.add_argument("--workers", type=int, default=4, help="threads decoding the image files")
-    add_run_file_flags(added, "checkpoints",
-                       "<save_name>_ckpt.pth.tar (last epoch) and <save_name>_best.pth.tar go here")
-    added.add_argument("--init_from", default=None,
-                       help="start the second phase from another run's <save_name>_phase1.pth.tar (same first "
-                            "phase: data, seed, schedule and first-phase loss must match); ends bit-identical "
-                            "to training from scratch. Ignored with --resume, whose checkpoint holds the branch")
-    added.add_argument("--max_train_batches", type=int, default=None, help="cap on iterations per epoch")
-    added.add_argument("--max_test_batches", type=int, default=None, help="cap on evaluation batches")
-    added.add_argument("--first_phase_only", action="store_true",
-                       help="stop after writing <save_name>_phase1.pth.tar (the end of epoch --meta_start - 1), "
-                            "for other runs to branch from with --init_from")
-    added.add_argument("--eval_every", type=int, default=1,
-                       help="evaluate first-phase epochs every N epochs (1: every epoch, as released); the "
-                            "second phase, the first phase's last epoch and the last epoch are always evaluated")
-    added.add_argument("--lookahead", choices=LOOKAHEADS, default="all", help="parameters of the lookahead step")
-    added.add_argument("--lookahead_lr", type=float, default=None,
-                       help="the lookahead's step size as a constant (released: the current learning rate)")
-    added.add_argument("--carry_cv", action="store_true",
-                       help="a variant, not the released method: the covariance learned at each step replaces the "
-                            "estimator's for later steps (released: every step starts from the estimate)")
-    added.add_argument("--branch_seed", type=int, default=0,
-                       help="N > 0: epochs from --meta_start on draw their data order, augmentation and meta "
-                            "batches from stream N, so one first phase gives independent second phases "
-                            "(0: the stream of --seed, as every run before this flag)")
-    added.add_argument("--meta_gradient", choices=META_GRADIENTS, default="jvp",
-                       help="exact fast path, or the released double backward")
-    added.add_argument("--channels_last", type=str2bool, default=True,
-                       help="NHWC memory format for the network (faster convolutions on CPU and GPU)")
-    added.add_argument("--amp", action="store_true",
-                       help="bf16 autocast of the training and evaluation passes (opt-in: changes the numerics)")
-    added.add_argument("--compile", action="store_true",
-                       help="torch.compile the network for the plain phase and evaluation (opt-in)")
-    return p
-
-
-def validate_args(args):
-    """Check the flags and fill the defaults that depend on others; UsageError on a value that cannot work."""
-    args.num_classes = args.num_classes or CIFAR_NUM_CLASSES[args.dataset]
-    args.out_dir = args.out_dir or str(Path("runs") / args.save_name)
-    require(args, positive=("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq", "eval_every"),
-            non_negative=("workers", "branch_seed"), caps=("max_train_batches", "max_test_batches"))
-    require_rates(args)
-    require_imb_factor(args.imb_factor)
-    if RECIPES[args.recipe].normed_classifier and args.method in AUGMENTED:
-        raise UsageError(f"--recipe {args.recipe} trains Cao et al.'s baselines (--method plain, drw or cb): its "
-                         f"normalised classifier has no ISDA augmentation; use --recipe released for --method "
-                         f"{args.method}")
-    if args.subset == "cao2019" and args.method in META_STEPPING:
-        raise UsageError(f"--subset cao2019 keeps every training image of the head class, so no meta set can be "
-                         f"held out for --method {args.method}; use --subset released")
-    if args.method not in META_STEPPING and (args.lookahead_lr is not None or args.carry_cv):
-        raise UsageError(f"--lookahead_lr and --carry_cv change the meta step, which --method {args.method} does not "
-                         f"take; use --method {' or '.join(META_STEPPING)}")
-    if args.lookahead_lr is not None and args.lookahead_lr <= 0:
-        raise UsageError(f"--lookahead_lr must be positive, got {args.lookahead_lr}")
-    if args.first_phase_only and not 1 <= args.meta_start <= args.epochs:
-        raise UsageError(f"--first_phase_only needs a first phase: 1 <= --meta_start <= --epochs, got "
-                         f"--meta_start {args.meta_start} and --epochs {args.epochs}")
-
-
-def second_phase_warning(args):
-    """A line for a run whose second phase, the point of its --method, never comes (None when it does or
-    when the method has none: plain and cb train the same way every epoch)."""
-    if args.epochs > args.meta_start or args.method in ("plain", "cb"):
-        return None
-    return (f"warning: --epochs {args.epochs} <= --meta_start {args.meta_start}: the second phase of --method "
-            f"{args.method} never runs; lower --meta_start to train it")
-
-
-def run_checkpoints(args):
-    """The checkpoint files of the run --save_name: last, best and first phase."""
-    return [Path(args.checkpoint_dir) / f"{args.save_name}_{kind}.pth.tar" for kind in ("ckpt", "best", "phase1")]
-
-
-def estimated_seconds(args, first_epoch, end_epoch, epoch_seconds, evaluation_seconds):
-    """Seconds to train 0-based epochs [first_epoch, end_epoch) of ``args``' schedule, with ``epoch_seconds``
-    = (a first-phase epoch, a second-phase epoch) and ``evaluation_seconds`` per evaluation."""
-    total = 0.0
-    for epoch in range(first_epoch, end_epoch):
-        total += epoch_seconds[epoch >= args.meta_start]
-        if evaluates(epoch, args.epochs, args.meta_start, args.eval_every):
-            total += evaluation_seconds
-    return total
-
+from timing import epoch_seconds, estimated_seconds, evaluates, measured_throughput
 
 def learning_rate(epoch, base_lr, milestones):
     return base_lr * 0.01 ** sum(epoch >= m for m in milestones)
-
-
-def evaluates(epoch, epochs, meta_start, eval_every):
-    """Whether 0-based ``epoch`` is evaluated: every ``eval_every``-th first-phase epoch, the first phase's
-    last epoch (the branch point), every second-phase epoch and the last epoch."""
-    return epoch >= meta_start - 1 or epoch == epochs - 1 or (epoch + 1) % eval_every == 0
-
-
-def check_init_from(args, checkpoint):
-    """Refuse a checkpoint that is not the end of the first phase this run would train."""
-    path = args.init_from
-    config = training_config(checkpoint, "--init_from", path, "a first-phase checkpoint of this repository")
-    clashes = flag_clashes(args, config, PHASE1_MUST_MATCH)
-    theirs = first_phase_loss(config["method"], checkpoint.get("base_loss", config.get("loss")), config.get("beta"),
-                              config.get("max_m"), config.get("gamma"))
-    ours = first_phase_loss(args.method, args.loss, args.beta, args.max_m, args.gamma)
-    if theirs != ours:
-        clashes.append(f"first-phase loss {ours} vs {theirs}")
-    if clashes:
-        raise CheckpointError(f"--init_from {path} is another first phase ({'; '.join(clashes)}); pass its "
-                              f"values or train this run from scratch")
-    if (checkpoint["epoch"], checkpoint["iteration"]) != (args.meta_start, 0):
-        raise CheckpointError(f"--init_from {path} holds the state after {checkpoint['epoch']} epochs and "
-                              f"{checkpoint['iteration']} iterations, not the end of the first phase "
-                              f"({args.meta_start} epochs); use the run's <save_name>_phase1.pth.tar")
 
 
 class Run:
@@ -314,11 +65,12 @@ class Run:
             self.device, memory_format=self.memory_format)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=args.momentum,
                                          nesterov=args.nesterov, weight_decay=args.weight_decay)
-        beta = None if args.beta == 0 or args.method in ("metasaug_no_reweight", "plain") else args.beta
+        self.method = METHODS[args.method]
+        beta = None if args.beta == 0 or self.method.weights == "none" else args.beta
         self.criterion = MetaSAugLoss(ResNet32.feature_dim, args.num_classes, data.cls_num_list, base=args.loss,
                                       beta=beta, max_m=args.max_m, gamma=args.gamma).to(self.device)
         self.meta = None
-        if args.method in META_STEPPING:
+        if self.method.meta_step:
             self.meta = MetaSAug(self.model, self.criterion, meta_lr=args.meta_lr, lookahead=args.lookahead,
                                  meta_gradient=args.meta_gradient, carry_covariance=args.carry_cv,
                                  monitor=MetaStepMonitor())
@@ -395,21 +147,21 @@ class Run:
 
     def _loss(self, x, y, epoch, iteration, lookahead_lr, ratio):
         """The training loss of ``--method`` in this epoch's phase, and the logits."""
-        method, second_phase = self.args.method, epoch >= self.args.meta_start
-        if method in AUGMENTED and not second_phase:
+        method, second_phase = self.method, epoch >= self.args.meta_start
+        if method.augmented and not second_phase:
             _, logits = self.forward_model(x)
             loss = F.cross_entropy(logits, y)
-        elif method == "isda":  # MetaSAug without its meta step: the estimate before this batch, then the update
+        elif method.augmented and not method.meta_step:  # ISDA: the estimate before this batch, then the update
             features, logits = self.forward_model(x)
             estimator = self.criterion.estimator
             covariance = estimator.covariance.clone()
             estimator.update(features.detach(), y)
             loss = self.criterion(logits, self.model.linear.weight, y, covariance, ratio)
-        elif method not in AUGMENTED:
+        elif not method.augmented:
             _, logits = self.forward_model(x)
-            reweight = method == "cb" or (method == "drw" and second_phase)
+            reweight = method.weights == "class-balanced" or (method.weights == "deferred" and second_phase)
             loss = classification_loss(logits, y, self.args.loss, self.criterion.class_weights if reweight else None,
-                                       self.criterion.margins, self.args.gamma, self.recipe.logit_scale)
+                                       self.criterion.constant, self.args.gamma, self.recipe.logit_scale)
         else:
             seed = self.stream(epoch)
             generator = batch_generator(seed, "meta", epoch, iteration, device=self.device)
@@ -438,36 +190,14 @@ class Run:
             handle.write(message + "\n")
 
     def phase_name(self, epoch):
-        method, second = self.args.method, epoch >= self.args.meta_start
-        if method in AUGMENTED:
-            name = {"metasaug": "MetaSAug", "metasaug_no_reweight": "MetaSAug w/o re-weighting", "isda": "ISDA"}
-            return name[method] + " (covariance carried over)" * self.args.carry_cv if second else "plain CE"
-        return "deferred re-weighting" if method == "drw" and second else self.args.loss
+        if epoch >= self.args.meta_start and self.method.label:
+            return self.method.label + " (covariance carried over)" * self.args.carry_cv
+        return "plain CE" if self.method.augmented else self.args.loss
 
     def epoch_seconds(self):
-        """(first-phase epoch, second-phase epoch, evaluation) seconds: this run's averages where it has timed
-        them, otherwise derived from what it has (a second-phase epoch costs SECOND_PHASE_COST plain ones for
-        the meta-stepping methods, one for the others) or from tools/throughput.json."""
-        args, history = self.args, [h for h in self.state.history if "train_time_s" in h]
-
-        def mean(values):
-            return sum(values) / len(values) if values else None
-        first = mean([h["train_time_s"] for h in history if h["epoch"] < args.meta_start])
-        second = mean([h["train_time_s"] for h in history if h["epoch"] >= args.meta_start])
-        evaluation = mean([h["eval_time_s"] for h in history if "eval_time_s" in h])
-        cost = SECOND_PHASE_COST if args.method in META_STEPPING else 1.0
-        measured = measured_throughput(self.device.type)
-        images, test_images = self.epoch_images()
-        if measured:
-            cost = measured["plain"] / measured["metasaug"] if args.method in META_STEPPING else 1.0
-        if first is None and second is None and measured:
-            first = images / measured["plain"]
-        first = first if first is not None else (second / cost if second is not None else None)
-        second = second if second is not None else (first * cost if first is not None else None)
-        if evaluation is None and first is not None:
-            rate = measured["evaluation"] / measured["plain"] if measured else 3.0  # a forward pass vs a step
-            evaluation = first * test_images / images / rate
-        return first, second, evaluation
+        """(first-phase epoch, second-phase epoch, evaluation) seconds expected on this run's device."""
+        return epoch_seconds(self.state.history, self.device, self.method.meta_step, self.args.meta_start,
+                             *self.epoch_images())
 
     def epoch_images(self):
         """(training images per epoch, test images per evaluation) under the caps."""
@@ -506,7 +236,7 @@ class Run:
         if total is not None:
             source = ("this run's own timing" if any("train_time_s" in h for h in state.history) else
                       f"the throughput measured on {measured_throughput(self.device.type)['machine']} "
-                      f"(tools/throughput.json); the ETA of each epoch line uses this run's timing")
+                      f"(throughput.json); the ETA of each epoch line uses this run's timing")
             self.log(f"expected: about {duration(total)} for epochs {state.epoch + 1}-{self.last_epoch} "
                      f"({', '.join(self.phase_plan(state.epoch))}), from {source}")
         for epoch in range(state.epoch, self.last_epoch):
@@ -563,7 +293,8 @@ class Run:
         train_loss, train_acc = float(loss_sum) / seen, 100.0 * float(correct) / seen
         spectrum = self._covariance_spectrum()
         entry = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_acc=train_acc, covariance_spectrum=spectrum,
-                     train_time_s=state.epoch_time, images_per_s=float(seen) / max(state.epoch_time, 1e-9))
+                     train_time_s=state.epoch_time, images_per_s=float(seen) / max(state.epoch_time, 1e-9),
+                     device=str(self.device))
         if self.meta is not None:
             entry.update(self.meta.monitor.summary())
         is_best = False
@@ -665,16 +396,6 @@ class Run:
         self.log(f"final top-1 error {result['final_top1_error']:.2f} (epoch {final['epoch']}), "
                  f"best {result['best_top1_error']:.2f} (epoch {best['epoch']}); wrote {path}")
         return 0
-
-
-def parse_args(prog, description, losses, argv=None):
-    """The flags, with the defaults of the --recipe they name."""
-    parser = build_parser(prog, description, losses)
-    args = parser.parse_args(argv)
-    if RECIPES[args.recipe].flags:
-        parser.set_defaults(**RECIPES[args.recipe].flags)
-        args = parser.parse_args(argv)
-    return args
 
 
 def main(prog, description, losses, argv=None):

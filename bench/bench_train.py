@@ -43,7 +43,8 @@ from loss import MetaSAugLoss  # noqa: E402
 from resnet import ResNet32  # noqa: E402
 from cli import git_commit  # noqa: E402
 from meta_layers import augmentation_ratio  # noqa: E402
-from trainer import Run, build_parser, learning_rate  # noqa: E402
+from cifar_flags import build_parser  # noqa: E402
+from trainer import Run, learning_rate  # noqa: E402
 
 RELEASED_LOADER = dict(num_workers=1, pin_memory=False)  # the released script's DataLoader kwargs
 SEED = 0

@@ -148,7 +148,7 @@ def test_ldam_subtracts_margin_from_true_class_only():
     logits = torch.zeros(1, 2, dtype=torch.float64)
     margins = torch.tensor([0.25, 0.5], dtype=torch.float64)
     expected = torch.nn.functional.cross_entropy(torch.tensor([[0.0, -0.5]], dtype=torch.float64), torch.tensor([1]))
-    torch.testing.assert_close(classification_loss(logits, torch.tensor([1]), "ldam", margins=margins), expected)
+    torch.testing.assert_close(classification_loss(logits, torch.tensor([1]), "ldam", constant=margins), expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

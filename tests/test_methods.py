@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import cifar_flags
 import trainer
 from conftest import make_tree, train_flags
 from data_utils import CAO2019_MEAN, CAO2019_STD, build_dataset
@@ -165,9 +166,9 @@ LDAM_SCRIPT = "MetaSAug_LDAM_train.py"
 
 
 def cao_run(data, tmp_path, *extra):
-    args = trainer.parse_args(LDAM_SCRIPT, "d", ("ldam",), [str(f) for f in train_flags(data, tmp_path)] +
+    args = cifar_flags.parse_args(LDAM_SCRIPT, "d", ("ldam",), [str(f) for f in train_flags(data, tmp_path)] +
                               ["--recipe", "cao2019", "--method", "drw", *map(str, extra)])
-    trainer.validate_args(args)
+    cifar_flags.validate_args(args)
     built = build_dataset(args.data_root, num_meta=args.num_meta, imb_factor=args.imb_factor,
                           num_classes=args.num_classes, subset=args.subset)
     return trainer.Run(args, built)
@@ -178,7 +179,7 @@ def test_cao2019_recipe_reaches_optimizer_network_loss_and_data(tmp_path):
     run = cao_run(data, tmp_path)
     args = run.args
     assert (args.weight_decay, args.nesterov, args.subset) == (2e-4, False, "cao2019")
-    defaults = trainer.parse_args(LDAM_SCRIPT, "d", ("ldam",), ["--recipe", "cao2019"])
+    defaults = cifar_flags.parse_args(LDAM_SCRIPT, "d", ("ldam",), ["--recipe", "cao2019"])
     assert (defaults.batch_size, defaults.lr_milestones, defaults.meta_start, defaults.beta) == (128, [160, 180], 160,
                                                                                                 0.9999)
     group = run.optimizer.param_groups[0]
@@ -216,8 +217,8 @@ def test_cao2019_recipe_flags_given_still_win_and_bad_combinations_are_refused(t
         assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit):  # the CE script has no --recipe
-        trainer.parse_args("MetaSAug_CE_train.py", "d", ("ce", "focal"), ["--recipe", "cao2019"])
-    args = trainer.parse_args(LDAM_SCRIPT, "d", ("ldam",), ["--split", "7"])  # the released, unused flag
+        cifar_flags.parse_args("MetaSAug_CE_train.py", "d", ("ce", "focal"), ["--recipe", "cao2019"])
+    args = cifar_flags.parse_args(LDAM_SCRIPT, "d", ("ldam",), ["--split", "7"])  # the released, unused flag
     assert (args.split, args.subset) == (7, "released")
 
 
@@ -238,10 +239,10 @@ def test_isda_ablation_is_metasaug_without_its_meta_step(tmp_path):
     data = make_tree(tmp_path / "data", 4, train=40, test=10)
     runs = {}
     for method in ("isda", "metasaug"):
-        args = trainer.parse_args("MetaSAug_CE_train.py", "d", ("ce", "focal"),
+        args = cifar_flags.parse_args("MetaSAug_CE_train.py", "d", ("ce", "focal"),
                                   [str(f) for f in train_flags(data, tmp_path / method)] +
                                   ["--method", method, "--meta_lr", "0", "--channels_last", "false"])
-        trainer.validate_args(args)
+        cifar_flags.validate_args(args)
         runs[method] = trainer.Run(args, build_dataset(args.data_root, num_meta=2, imb_factor=0.1, num_classes=4))
     generator = torch.Generator().manual_seed(0)
     for iteration in range(3):
@@ -253,3 +254,12 @@ def test_isda_ablation_is_metasaug_without_its_meta_step(tmp_path):
             run.optimizer.zero_grad()
     estimators = [run.criterion.estimator.covariance for run in runs.values()]
     assert estimators[0].abs().sum() > 0 and torch.allclose(*estimators, atol=1e-6)
+
+
+def test_every_training_flag_is_declared_free_or_must_match():
+    """A new flag must say whether a resumed or branched run may change it (cifar_flags.MUST_MATCH)."""
+    names = {action.dest for losses in (("ce", "focal"), ("ldam",))
+             for action in cifar_flags.build_parser("prog", "d", losses)._actions}
+    declared = set(cifar_flags.MUST_MATCH) | set(cifar_flags.FREE)
+    assert names == declared, names ^ declared
+    assert not set(cifar_flags.MUST_MATCH) & set(cifar_flags.FREE)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, make_tree, untimed
-import trainer
+import timing
 from tools import run_table
 
 REDUCED = ["--epochs", "20", "--meta_start", "16", "--lr_milestones", "16", "18"]
@@ -63,7 +63,7 @@ def test_no_share_trains_every_run_from_scratch(capsys):
 
 
 def test_time_estimates_follow_the_thread_count_of_each_job(capsys, monkeypatch):
-    one, two, four = (trainer.measured_throughput("cpu", n) for n in (1, 2, 4))
+    one, two, four = (timing.measured_throughput("cpu", n) for n in (1, 2, 4))
     assert one["plain"] < two["plain"] / 2 and one["machine"].endswith("1 thread")  # measured, not scaled
     assert four["metasaug"] == 2 * two["metasaug"] and four["machine"].endswith("scaled to 4")
     monkeypatch.setattr(os, "cpu_count", lambda: 2)

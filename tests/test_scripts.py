@@ -23,6 +23,7 @@ from conftest import (CE, ENV, EPOCHS, ITERATIONS, LDAM, NUM_CLASSES, REPO_ROOT,
                       run_together, snapshot, train_flags, training_run, untimed)
 
 import MetaSAug_test
+import cifar_flags
 import trainer
 from checkpoint import load_model_state
 from data_utils import load_split, normalize
@@ -173,7 +174,7 @@ ADDED_DEFAULTS = dict(meta_start=160, lr_milestones=[160, 180], checkpoint_dir="
 
 
 def test_released_ldam_command_line_parses_unchanged():
-    args = trainer.build_parser(LDAM, "d", ("ldam",)).parse_args(RELEASED_LDAM.split())
+    args = cifar_flags.build_parser(LDAM, "d", ("ldam",)).parse_args(RELEASED_LDAM.split())
     assert (args.gpu, args.lr, args.lam, args.imb_factor, args.dataset, args.num_classes, args.save_name,
             args.idx) == (0, 0.1, 0.75, 0.05, "cifar100", 100, "MetaSAug_cifar100_LDAM_imb0.05", "1")
     assert args.loss == "ldam"  # the LDAM script's one base loss, no --loss flag
@@ -181,21 +182,21 @@ def test_released_ldam_command_line_parses_unchanged():
 
 @pytest.mark.parametrize("losses", [("ce", "focal"), ("ldam",)], ids=["ce", "ldam"])
 def test_released_and_added_flags_and_defaults(losses):
-    args = vars(trainer.build_parser("prog", "d", losses).parse_args([]))
+    args = vars(cifar_flags.build_parser("prog", "d", losses).parse_args([]))
     assert {k: args[k] for k in RELEASED_DEFAULTS} == RELEASED_DEFAULTS
     assert {k: args[k] for k in ADDED_DEFAULTS} == ADDED_DEFAULTS
     assert args["loss"] == losses[0]
     assert args["num_classes"] is None  # the dataset's: 100 for the released default cifar100
-    parsed = trainer.build_parser("prog", "d", losses).parse_args([])
-    trainer.validate_args(parsed)
+    parsed = cifar_flags.build_parser("prog", "d", losses).parse_args([])
+    cifar_flags.validate_args(parsed)
     assert parsed.num_classes == 100
-    parsed = trainer.build_parser("prog", "d", losses).parse_args(["--dataset", "cifar10"])
-    trainer.validate_args(parsed)
+    parsed = cifar_flags.build_parser("prog", "d", losses).parse_args(["--dataset", "cifar10"])
+    cifar_flags.validate_args(parsed)
     assert parsed.num_classes == 10
 
 
 def test_released_flag_aliases():
-    args = trainer.build_parser("prog", "d", ("ce", "focal")).parse_args(
+    args = cifar_flags.build_parser("prog", "d", ("ce", "focal")).parse_args(
         "--learning-rate 0.05 --wd 1e-4 -p 7 --batch-size 64 --test-batch-size 50 --no-cuda --nesterov false".split())
     assert (args.lr, args.weight_decay, args.print_freq, args.batch_size, args.test_batch_size, args.no_cuda,
             args.nesterov) == (0.05, 1e-4, 7, 64, 50, True, False)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 import MetaSAug_CE_train  # noqa: E402
 import MetaSAug_LDAM_train  # noqa: E402
 from checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint  # noqa: E402
-from trainer import RECIPES, build_parser  # noqa: E402
+from cifar_flags import RECIPES, build_parser  # noqa: E402
 
 COPIED = ("result.json", "confusion_matrix.png", "covariance_spectrum.png", "train.log", "stdout.log", "NOTES.txt")
 MACHINE_SPECIFIC = ("data_root", "checkpoint_dir", "out_dir", "resume", "init_from", "workers", "device", "gpu",
@@ -65,7 +65,7 @@ def training_command(config, base_loss):
     return words
 
 
-# What a branch reads of a first-phase checkpoint (trainer.Run._restore and check_init_from; RunState's fields).
+# What a branch reads of a first-phase checkpoint (trainer.Run._restore and cifar_flags.check_init_from; RunState's fields).
 FIRST_PHASE_KEYS = ("state_dict", "optimizer", "config", "base_loss", "cls_num_list", "train_index_sha256",
                     *(f.name for f in fields(RunState)))
 UNTIMED = ("train_time_s", "eval_time_s", "images_per_s")

@@ -24,7 +24,7 @@ PAPER = Path(__file__).with_name("paper_results.json")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from methods import TABLES, row_name  # noqa: E402
+from methods import TABLES, large_scale_cells, row_name  # noqa: E402
 
 PROTOCOL_KEYS = ("epochs", "meta_start", "lr_milestones", "batch_size", "lam", "max_train_batches", "eval_every")
 CIFAR_TEST_IMAGES = 10000
@@ -55,22 +55,13 @@ def load_runs(folder):
     return runs
 
 
-BACKBONES = {"resnet50": "ResNet-50", "resnet101": "ResNet-101", "resnet152": "ResNet-152"}
 LARGE_SCALE_KEYS = ("recipe", "stage", "epochs", "batch_size", "lr", "lr_milestones", "lam", "max_train_batches")
 
 
 def large_scale_run(result, path):
-    """An ImageNet-LT / iNaturalist run and the cells of Tables 3, 4 and 6 it fills: stage 2 is MetaSAug,
-    stage 1 plain cross-entropy training of the whole network (the paper's CE rows)."""
-    config, stage, dataset, arch = result["config"], result["stage"], result["dataset"], result["arch"]
-    cells = {}
-    if dataset == "ImageNet_LT":
-        if arch == "resnet50":
-            cells["table3"] = ("MetaSAug with CE loss" if stage == 2 else "CE training", dataset)
-        if stage == 2 and arch in BACKBONES:
-            cells["table6"] = (BACKBONES[arch], "MetaSAug")
-    elif arch == "resnet50":
-        cells["table4"] = ("MetaSAug" if stage == 2 else "CE", dataset)
+    """An ImageNet-LT / iNaturalist run and the cells of Tables 3, 4 and 6 it fills (methods.large_scale_cells)."""
+    config, dataset = result["config"], result["dataset"]
+    cells = large_scale_cells(dataset, result["arch"], result["stage"])
     tested, whole = result["evaluated_images"], result.get("evaluation_split_images", result["evaluated_images"])
     protocol = ", ".join(f"{k} {config.get(k)}" for k in LARGE_SCALE_KEYS)
     protocol += f", test images {tested}" + ("" if tested == whole else f" of {whole} {PARTIAL}")

@@ -26,12 +26,13 @@ sys.path.insert(0, str(REPO))
 
 import MetaSAug_CE_train  # noqa: E402
 import MetaSAug_LDAM_train  # noqa: E402
-import trainer  # noqa: E402
+import cifar_flags  # noqa: E402
+import timing  # noqa: E402
 from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from cli import check_resume, duration, flag_clashes  # noqa: E402
 from tools import sweep  # noqa: E402
 from data_utils import CIFAR_NUM_CLASSES, get_img_num_per_cls  # noqa: E402
-from methods import CE_SCRIPT, LDAM_SCRIPT, META_STEPPING, ROWS, TABLES  # noqa: E402
+from methods import CE_SCRIPT, LDAM_SCRIPT, METHODS, ROWS, TABLES  # noqa: E402
 
 LOSSES = {CE_SCRIPT: MetaSAug_CE_train.LOSSES, LDAM_SCRIPT: MetaSAug_LDAM_train.LOSSES}
 LAM = {"cifar10": 0.25, "cifar100": 0.75}  # the released default and the released CIFAR-100 command
@@ -117,7 +118,7 @@ def parse_args(argv):
 
 def training_args(script, flags):
     """The flags as ``script`` parses them, or a PlanError with argparse's message."""
-    parser = trainer.build_parser(script, "", LOSSES[script])
+    parser = cifar_flags.build_parser(script, "", LOSSES[script])
 
     def refuse(status=0, message=None):
         raise PlanError(f"{script} refuses the training flags: {(message or '').strip()}")
@@ -127,12 +128,12 @@ def training_args(script, flags):
 
 
 def first_phase_key(script, args):
-    """Runs with equal keys compute the same first phase (see trainer.check_init_from)."""
+    """Runs with equal keys compute the same first phase (see cifar_flags.check_init_from)."""
     if not 1 <= args.meta_start < args.epochs:
         return None
     base = getattr(args, "loss", LOSSES[script][0])
-    return (trainer.first_phase_loss(args.method, base, args.beta, args.max_m, args.gamma),
-            *(repr(getattr(args, k)) for k in trainer.PHASE1_MUST_MATCH))
+    return (cifar_flags.first_phase_loss(args.method, base, args.beta, args.max_m, args.gamma),
+            *(repr(getattr(args, k)) for k in cifar_flags.PHASE1_MUST_MATCH))
 
 
 def seconds_for(args, first_epoch, end_epoch, throughput):
@@ -142,8 +143,8 @@ def seconds_for(args, first_epoch, end_epoch, throughput):
     if args.max_train_batches:
         images = min(images, args.max_train_batches * args.batch_size)
     test_images = 10000 if not args.max_test_batches else min(10000, args.max_test_batches * args.test_batch_size)
-    second = throughput["metasaug"] if args.method in META_STEPPING else throughput["plain"]
-    return trainer.estimated_seconds(args, first_epoch, end_epoch, (images / throughput["plain"], images / second),
+    second = throughput["metasaug"] if METHODS[args.method].meta_step else throughput["plain"]
+    return timing.estimated_seconds(args, first_epoch, end_epoch, (images / throughput["plain"], images / second),
                                      test_images / throughput["evaluation"])
 
 
@@ -203,7 +204,7 @@ def mark_progress(jobs):
             job.state = "finished"
         elif job.kind != "first phase" and job.result.is_file():
             config = json.loads(job.result.read_text()).get("config", {})
-            clashes = flag_clashes(job.args, config, trainer.RESUME_MUST_MATCH)
+            clashes = flag_clashes(job.args, config, cifar_flags.RESUME_MUST_MATCH)
             if clashes:
                 raise PlanError(f"{job.result} was written with other flags ({'; '.join(clashes)}); move it away "
                                 f"or choose another --out_root")
@@ -211,7 +212,7 @@ def mark_progress(jobs):
         elif job.checkpoint.is_file():
             try:
                 check_resume(argparse.Namespace(**{**vars(job.args), "resume": job.checkpoint}),
-                             load_checkpoint(job.checkpoint), trainer.RESUME_MUST_MATCH, job.script)
+                             load_checkpoint(job.checkpoint), cifar_flags.RESUME_MUST_MATCH, job.script)
             except CheckpointError as error:
                 raise PlanError(str(error)) from None
             job.state = "interrupted"
@@ -287,7 +288,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     slots = args.jobs if args.jobs is not None else (torch.cuda.device_count() if device == "cuda" else 1)
-    throughput = trainer.measured_throughput(device, sweep.cpu_threads(slots) if device == "cpu" else None)
+    throughput = timing.measured_throughput(device, sweep.cpu_threads(slots) if device == "cpu" else None)
     try:
         problem = sweep.check_slots(device, slots)
         if problem:
