@@ -5,9 +5,9 @@
 writes DEST/result.json, the run's figures, TensorBoard event files, train.log and notes, the final
 weights as a plain state_dict (DEST/model.pth, about 1.9 MB for ResNet-32), the loss module's final state
 (DEST/criterion.pth: the estimator's covariances, about 170 kB, which tools/meta_step_size.py reads), and
-DEST/README.md: the command that trained the run (every flag that differs from its default), the commits that
-trained it, the command that evaluates model.pth to the accuracy in result.json (tests/test_results.py runs
-it) and the one that measures the meta step on criterion.pth. A run branched from a committed first phase
+DEST/README.md: the command that trained the run (the dataset, imbalance and seed, and every other flag that
+differs from its default), the commits that trained it, the command that evaluates model.pth to the accuracy
+in result.json (tests/test_results.py runs it) and the one that measures the meta step on criterion.pth. A run branched from a committed first phase
 names it (``--first_phase``, checked against the run's history) and its command branches from it.
 
 A first phase (CHECKPOINT a <save_name>_phase1.pth.tar, or the last checkpoint of a --first_phase_only run)
@@ -37,6 +37,7 @@ MACHINE_SPECIFIC = ("data_root", "checkpoint_dir", "out_dir", "resume", "init_fr
                     "no_cuda", "print_freq", "overwrite", "download")
 
 
+ALWAYS_SAID = ("dataset", "imb_factor", "seed")  # said even at their defaults: what a reader looks for first
 GPU_NOTE = (" on a GPU (on a CPU it may differ by a few of the 10,000 test images: cuDNN's convolutions, TF32 by "
             "PyTorch's default, round differently)")
 
@@ -53,7 +54,7 @@ def training_command(config, base_loss):
         if not action.option_strings or name in MACHINE_SPECIFIC or name not in config:
             continue
         value = config[name]
-        if value == action.default or (name == "num_classes" and action.default is None):
+        if name not in ALWAYS_SAID and (value == action.default or (name == "num_classes" and action.default is None)):
             continue
         flag = next(option for option in action.option_strings if option.startswith("--"))
         if action.nargs == 0:
