@@ -1,6 +1,6 @@
 """ISDA's class-conditional statistics, the augmented (ISDA upper-bound) logits and the
 long-tail losses that MetaSAug puts on top of them (the registry ``BASE_LOSSES``: cross-entropy,
-focal and LDAM), optionally re-weighted with class-balanced weights.
+focal, LDAM and logit-adjusted cross-entropy), optionally re-weighted with class-balanced weights.
 
 Everything here follows the authors' released code (see the README's "Deviations" section for
 the few places that differ in form but not in value) and works in any float dtype on any device:
@@ -38,6 +38,19 @@ def ldam_margins(cls_num_list, max_m=0.5):
     return torch.from_numpy(margins * (max_m / margins.max()))
 
 
+def log_prior(cls_num_list):
+    """``log pi_c`` of the training class prior ``pi_c = n_c / sum n``: Menon et al.'s (ICLR 2021) logit
+    adjustment with tau = 1 adds it to every logit in the loss (not at test), in float64."""
+    counts = np.asarray(cls_num_list, dtype=np.float64)
+    if counts.ndim != 1 or len(counts) == 0 or (counts <= 0).any():
+        raise ValueError(f"cls_num_list must be a non-empty list of positive counts, got {list(cls_num_list)}")
+    return torch.from_numpy(np.log(counts / counts.sum()))
+
+
+def _add_to_every_logit(logits, labels, adjustment):
+    return logits + adjustment.to(logits)
+
+
 def _subtract_true_class_margin(logits, labels, margins):
     true_class = F.one_hot(labels, logits.shape[1]).bool()
     return logits - true_class * margins.to(logits)[labels].unsqueeze(1)
@@ -66,6 +79,8 @@ BASE_LOSSES = {
     "focal": BaseLoss("focal loss (gamma {gamma})", focal=True),
     "ldam": BaseLoss("LDAM loss (max_m {max_m})", "margins", lambda counts, max_m: ldam_margins(counts, max_m),
                      _subtract_true_class_margin),
+    "la": BaseLoss("logit-adjusted cross-entropy (tau 1)", "log_prior", lambda counts, max_m: log_prior(counts),
+                   _add_to_every_logit),
 }
 BASES = tuple(BASE_LOSSES)
 
@@ -198,6 +213,8 @@ def classification_loss(logits, labels, base="ce", class_weights=None, constant=
     - ``ce``: ``cross_entropy(logits, y, weight=class_weights)`` (weighted mean).
     - ``ldam``: the margins ``constant[y]`` subtracted from the true-class logit, then the same
       cross-entropy; no scale ``s``, as in the released MetaSAug code.
+    - ``la``: the log class prior ``constant`` added to every logit, then the same cross-entropy (Menon
+      et al. 2021, tau = 1); the model's own logits are what it predicts with.
     - ``scale``: the logits (margins subtracted) are multiplied by it before the softmax: Cao et al.'s
       ``s = 30`` with their normalised classifier; 1 otherwise.
     - ``focal``: ``sum_n w_y (1 - p_y)^gamma (-log p_y) / sum_n w_y`` with ``p = softmax(logits)``

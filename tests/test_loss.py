@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from loss import (EstimatorCV, MetaSAugLoss, class_balanced_weights, classification_loss,
-                  isda_aug_logits, ldam_margins)
+from loss import (BASES, EstimatorCV, MetaSAugLoss, class_balanced_weights, classification_loss,
+                  isda_aug_logits, ldam_margins, log_prior)
 
 
 def released_aug_logits(logits, weight, labels, covariance, ratio):
@@ -94,7 +94,7 @@ def test_aug_logits_match_released_formula(n, c):
                                released_aug_logits(logits, weight, labels, diagonal, 0.7))
 
 
-@pytest.mark.parametrize("base", ["ce", "ldam", "focal"])
+@pytest.mark.parametrize("base", BASES)
 def test_diagonal_and_full_covariance_give_the_same_loss(base):
     logits, weight, labels, variance = random_case(10, 4, 3, diagonal=True)
     criterion = MetaSAugLoss(3, 4, [40, 20, 8, 2], base=base, gamma=2.0)
@@ -103,7 +103,7 @@ def test_diagonal_and_full_covariance_give_the_same_loss(base):
 
 
 @pytest.mark.parametrize("diagonal", [False, True])
-@pytest.mark.parametrize("base", ["ce", "ldam", "focal"])
+@pytest.mark.parametrize("base", BASES)
 def test_gradcheck(base, diagonal):
     logits, weight, labels, covariance = random_case(6, 3, 2, diagonal=diagonal)
     criterion = MetaSAugLoss(2, 3, [30, 10, 3], base=base, gamma=1.5, diagonal=diagonal)
@@ -149,6 +149,17 @@ def test_ldam_subtracts_margin_from_true_class_only():
     margins = torch.tensor([0.25, 0.5], dtype=torch.float64)
     expected = torch.nn.functional.cross_entropy(torch.tensor([[0.0, -0.5]], dtype=torch.float64), torch.tensor([1]))
     torch.testing.assert_close(classification_loss(logits, torch.tensor([1]), "ldam", constant=margins), expected)
+
+
+def test_logit_adjustment_adds_the_log_prior_to_every_logit():
+    logits = torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64)
+    prior = log_prior([6, 3, 1])
+    torch.testing.assert_close(prior, torch.log(torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)))
+    expected = torch.nn.functional.cross_entropy(logits + prior, torch.tensor([2]))
+    torch.testing.assert_close(classification_loss(logits, torch.tensor([2]), "la", constant=prior), expected)
+    criterion = MetaSAugLoss(2, 3, [6, 3, 1], base="la", beta=None)
+    torch.testing.assert_close(criterion.constant, prior)  # a buffer: it follows .to() and the checkpoint
+    assert set(criterion.state_dict()) >= {"log_prior"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

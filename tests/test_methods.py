@@ -12,6 +12,7 @@ import cifar_flags
 import trainer
 from conftest import make_tree, train_flags
 from data_utils import CAO2019_MEAN, CAO2019_STD, build_dataset
+from MetaSAug_CE_train import LOSSES
 from resnet import NormedLinear
 from tools import report
 
@@ -254,6 +255,17 @@ def test_isda_ablation_is_metasaug_without_its_meta_step(tmp_path):
             run.optimizer.zero_grad()
     estimators = [run.criterion.estimator.covariance for run in runs.values()]
     assert estimators[0].abs().sum() > 0 and torch.allclose(*estimators, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_logit_adjusted_base_loss_with_every_method(method, tmp_path):
+    data = make_tree(tmp_path / "data", 4, train=40, test=10)
+    flags = [str(f) for f in train_flags(data, tmp_path)] + ["--method", method, "--loss", "la",
+                                                             "--max_train_batches", "2"]
+    assert trainer.main("MetaSAug_CE_train.py", "test", LOSSES, flags) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["base_loss"] == "la" and len(result["history"]) == 3
+    assert all(h["train_loss"] == h["train_loss"] for h in result["history"])  # finite, not nan
 
 
 def test_every_training_flag_is_declared_free_or_must_match():
