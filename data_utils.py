@@ -92,10 +92,7 @@ def load_split(data_root, split, dataset=None, download=False, workers=0):
     """
     if split not in _SPLITS:
         raise DataError(f'unknown split {split!r}; use one of {", ".join(_SPLITS)}')
-    root = Path(data_root)
-    if not root.is_dir() and not download:
-        raise DataError(f'--data_root {root} does not exist; extract the dataset there or pass --download')
-    cifar_name = _cifar_source(root, dataset, download)
+    root, cifar_name = _source(data_root, dataset, download)
     if cifar_name is not None:
         return _load_cifar_split(root, split, cifar_name, download)
     return _load_folder_split(root, split, workers)
@@ -155,12 +152,17 @@ def _class_dirs(root, split):
     return class_dirs
 
 
-def count_classes(data_root, dataset=None, download=False):
-    """The number of classes load_split would find, without decoding an image (checks fail in a second)."""
+def _source(data_root, dataset, download):
+    """(root, CIFAR name) of torchvision's CIFAR files under ``data_root``, or (root, None) for an image tree."""
     root = Path(data_root)
     if not root.is_dir() and not download:
         raise DataError(f'--data_root {root} does not exist; extract the dataset there or pass --download')
-    cifar_name = _cifar_source(root, dataset, download)
+    return root, _cifar_source(root, dataset, download)
+
+
+def count_classes(data_root, dataset=None, download=False):
+    """The number of classes load_split would find, without decoding an image (checks fail in a second)."""
+    root, cifar_name = _source(data_root, dataset, download)
     if cifar_name is not None:
         return CIFAR_NUM_CLASSES[cifar_name]
     return len(_class_dirs(root, 'train'))

@@ -120,22 +120,23 @@ def load_weights(model, checkpoint, path, num_classes):
     if weight.shape[1] != model.feature_dim:
         raise CheckpointError(f"{path} ({layout}) has {weight.shape[1]}-d features but --arch gives "
                               f"{model.feature_dim}; check --arch")
+    _load_feature_extractor(model, feature, path, layout)
+    model.fc.load_state_dict(classifier)
+    return layout
+
+
+def _load_feature_extractor(model, feature, path, layout):
     try:
         load_model_state(model.backbone, feature)
     except CheckpointError as error:
         raise CheckpointError(f"{path} ({layout}) feature extractor: {error}; check --arch") from None
-    model.fc.load_state_dict(classifier)
-    return layout
 
 
 def load_backbone(model, checkpoint, path):
     """Load only the feature extractor of any accepted layout into ``model`` (a ``FeatureClassifier``),
     e.g. an ImageNet-pretrained torchvision ResNet; its classifier, for other classes, is not used."""
     feature, _, layout = split_state(checkpoint, path)
-    try:
-        load_model_state(model.backbone, feature)
-    except CheckpointError as error:
-        raise CheckpointError(f"{path} ({layout}) feature extractor: {error}; check --arch") from None
+    _load_feature_extractor(model, feature, path, layout)
     return layout
 
 

@@ -37,8 +37,7 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_utils import (CIFAR_MEAN, CIFAR_STD, LongTailData, batch_generator, build_dataset,  # noqa: E402
-                        epoch_batches, long_tail_counts, sample_meta_batch)
+from data_utils import CIFAR_MEAN, CIFAR_STD, LongTailData, build_dataset, long_tail_counts  # noqa: E402
 from loss import MetaSAugLoss  # noqa: E402
 from resnet import ResNet32  # noqa: E402
 from cli import git_commit  # noqa: E402
@@ -123,16 +122,9 @@ def make_run(data, device, batch_size, meta_gradient, channels_last, amp):
 
 
 def ours_compute_step(run, x, y, meta_batch=None):
-    """Run.train_step without its data: the plain branch, or MetaSAug when a meta batch is given."""
-    with run.autocast():
-        if meta_batch is None:
-            loss = F.cross_entropy(run.model(x)[1], y)
-        else:
-            _, lookahead_lr, ratio = run.schedule(run.args.meta_start)
-            loss, _ = run.meta.step(x, y, *meta_batch, lr=lookahead_lr, ratio=ratio)
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    run.optimizer.step()
+    """Run.update on a prepared batch: a first-phase step, or a MetaSAug step when a meta batch is given."""
+    epoch = PLAIN_EPOCH if meta_batch is None else run.args.meta_start
+    run.update(x, y, epoch, *run.schedule(epoch)[1:], meta_batch)
     return len(y), 1
 
 
@@ -142,27 +134,20 @@ def steps(step, count):
     return images, count
 
 
-def ours_batches(run, epoch, num_batches):
-    return epoch_batches(len(run.data.train_labels), run.args.batch_size, run.args.seed, epoch,
-                         device=run.device)[:num_batches]
-
-
 def ours_data(run, num_batches):
-    """The data lines of Run.train_step in the MetaSAug phase: a training and a meta batch, augmented."""
-    data, epoch = run.data, run.args.meta_start
-    batches = ours_batches(run, epoch, num_batches)
+    """The data of Run.train_step in the MetaSAug phase: a training and a meta batch per step, augmented."""
+    epoch = run.args.meta_start
+    batches = run.epoch_batches(epoch)[:num_batches]
     for iteration, index in enumerate(batches):
-        run.augmented_batch(data.train_images, data.train_labels, index, run.args.seed, "augment", epoch, iteration)
-        generator = batch_generator(run.args.seed, "meta", epoch, iteration, device=run.device)
-        meta_index = sample_meta_batch(len(data.meta_labels), run.args.batch_size, generator)
-        run.augmented_batch(data.meta_images, data.meta_labels, meta_index, run.args.seed, "meta_augment", epoch,
-                            iteration)
+        run.augmented_batch(run.data.train_images, run.data.train_labels, index, run.stream(epoch), "augment",
+                            epoch, iteration)
+        run.meta_batch(epoch, iteration)
     return sum(map(len, batches)), len(batches)
 
 
 def ours_epoch(run, epoch, num_batches):
-    """The iterations of Run.fit (its logging, checkpoints and evaluation left out)."""
-    batches = ours_batches(run, epoch, num_batches)
+    """The iterations of Run.fit (its logging, checkpoints and evaluation left out): Run.train_step."""
+    batches = run.epoch_batches(epoch)[:num_batches]
     for iteration, index in enumerate(batches):
         run.train_step(epoch, iteration, index, *run.schedule(epoch)[1:])
     return sum(map(len, batches)), len(batches)
@@ -197,7 +182,9 @@ class ReleasedDesign:
 
     def plain_step(self, x, y):
         _, logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
+        return self._update(F.cross_entropy(logits, y), logits)
+
+    def _update(self, loss, logits):
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -224,10 +211,7 @@ class ReleasedDesign:
         features, logits = self.model(x)
         loss = self.criterion(logits, self.model.linear.weight, y, new_cv, ratio)
         self.criterion.estimator.update(features.detach(), y)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return loss, logits
+        return self._update(loss, logits)
 
     def compute_step(self, x, y, meta_batch=None):
         """One step on a fixed batch, data excluded."""
@@ -377,10 +361,9 @@ def build_cases(data_cpu, device, args):
             for gradient in ("jvp", "double_backward")}
     ours, n, k = runs["jvp"], args.epoch_batches, args.steps
     meta_epoch = ours.args.meta_start
-    index = ours_batches(ours, meta_epoch, 1)[0]
-    x, y = ours.augmented_batch(data.train_images, data.train_labels, index, ours.args.seed, "bench")
-    meta_index = sample_meta_batch(len(data.meta_labels), args.batch_size, batch_generator(SEED, "bench"))
-    meta_batch = ours.augmented_batch(data.meta_images, data.meta_labels, meta_index, ours.args.seed, "bench_meta")
+    x, y = ours.augmented_batch(data.train_images, data.train_labels, ours.epoch_batches(meta_epoch)[0],
+                                ours.args.seed, "bench")
+    meta_batch = ours.meta_batch(meta_epoch, 0)
     cases = {
         "ours/plain_step": Case(lambda: steps(lambda: ours_compute_step(ours, x, y), k)),
         "ours/metasaug_jvp": Case(lambda: steps(lambda: ours_compute_step(ours, x, y, meta_batch), k)),

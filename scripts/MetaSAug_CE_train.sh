@@ -10,16 +10,17 @@
 # Extra arguments go to every run, e.g. --seed 1, or --epochs 20 --meta_start 16 --lr_milestones 16 18.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA_ROOT=${DATA_ROOT:-data}
+source scripts/cifar_settings.sh
 LOSS=${LOSS:-ce}
 if [ "$LOSS" = ldam ]; then script=(MetaSAug_LDAM_train.py); else script=(MetaSAug_CE_train.py --loss "$LOSS"); fi
-for dataset in ${DATASETS:-cifar10 cifar100}; do
-  if [ "$dataset" = cifar10 ]; then classes=10; lam=${LAM_CIFAR10:-0.25}; else classes=100; lam=${LAM_CIFAR100:-0.75}; fi
-  for imb in ${IMB_FACTORS:-0.005 0.01 0.02 0.05 0.1}; do
-    name=MetaSAug_${dataset}_${LOSS^^}_imb${imb}
-    echo "== $name"
-    python "${script[@]}" --device "${DEVICE:-auto}" --data_root "$DATA_ROOT/$dataset" \
-      --lr 0.1 --lam "$lam" --imb_factor "$imb" --dataset "$dataset" --num_classes "$classes" \
-      --save_name "$name" --idx 1 "$@"
-  done
-done
+
+train() {
+  local dataset=$1 imb=$2 lam
+  shift 2
+  if [ "$dataset" = cifar10 ]; then lam=${LAM_CIFAR10:-0.25}; else lam=${LAM_CIFAR100:-0.75}; fi
+  echo "== MetaSAug_${dataset}_${LOSS^^}_imb${imb}"
+  python "${script[@]}" --device "${DEVICE:-auto}" --data_root "${DATA_ROOT:-data}/$dataset" --lr 0.1 \
+    --lam "$lam" --imb_factor "$imb" --dataset "$dataset" --save_name "MetaSAug_${dataset}_${LOSS^^}_imb${imb}" \
+    --idx 1 "$@"
+}
+for_each_setting train "$@"

@@ -37,6 +37,12 @@ def float64():
     torch.set_default_dtype(previous)
 
 
+@pytest.fixture(scope="session")
+def tree4(tmp_path_factory):
+    """The tiny 4-class image tree most script tests train on (read only)."""
+    return make_tree(tmp_path_factory.mktemp("data") / "tree4", NUM_CLASSES, train=40, test=10)
+
+
 def make_tree(root, num_classes, train, test, size=8, seed=0):
     """{train,test}/classNN/*.png: a colour per class plus noise, so there is something to learn."""
     rng = np.random.RandomState(seed)

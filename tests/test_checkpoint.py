@@ -67,8 +67,20 @@ def test_save_replaces_an_existing_checkpoint(previous):
     assert load_checkpoint(previous)["epoch"] == 2
 
 
-def test_save_failing_midway_keeps_the_previous_checkpoint(previous, monkeypatch):
+def assert_failed_save_keeps_the_previous(previous, monkeypatch, target, replacement, error, match=None):
+    """save_checkpoint with ``target`` (module, attribute) replaced raises ``error``; the previous checkpoint is
+    there, byte for byte and loadable, and no temporary file is left."""
     before = previous.read_bytes()
+    monkeypatch.setattr(*target, replacement)
+    with pytest.raises(error, match=match):
+        save_checkpoint(_state(2), previous)
+    monkeypatch.undo()
+    assert previous.read_bytes() == before
+    _assert_same(load_checkpoint(previous), _state(1))
+    assert _leftovers(previous.parent) == []
+
+
+def test_save_failing_midway_keeps_the_previous_checkpoint(previous, monkeypatch):
     real_save = torch.save
 
     def failing_save(obj, handle, *args, **kwargs):
@@ -76,28 +88,16 @@ def test_save_failing_midway_keeps_the_previous_checkpoint(previous, monkeypatch
         handle.write(b"more")
         raise OSError(28, "No space left on device")  # ... then the disk fills up
 
-    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
-    with pytest.raises(CheckpointError, match="could not write checkpoint .*No space left.*previous"):
-        save_checkpoint(_state(2), previous)
-    monkeypatch.undo()
-    assert previous.read_bytes() == before
-    _assert_same(load_checkpoint(previous), _state(1))
-    assert _leftovers(previous.parent) == []
+    assert_failed_save_keeps_the_previous(previous, monkeypatch, (checkpoint.torch, "save"), failing_save,
+                                          CheckpointError, "could not write checkpoint .*No space left.*previous")
 
 
 def test_save_failing_at_the_rename_keeps_the_previous_checkpoint(previous, monkeypatch):
-    before = previous.read_bytes()
-
     def failing_replace(src, dst):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(checkpoint.os, "replace", failing_replace)
-    with pytest.raises(CheckpointError, match="could not write checkpoint"):
-        save_checkpoint(_state(2), previous)
-    monkeypatch.undo()
-    assert previous.read_bytes() == before
-    _assert_same(load_checkpoint(previous), _state(1))
-    assert _leftovers(previous.parent) == []
+    assert_failed_save_keeps_the_previous(previous, monkeypatch, (checkpoint.os, "replace"), failing_replace,
+                                          CheckpointError, "could not write checkpoint")
 
 
 def test_save_interrupted_by_a_signal_reraises_and_cleans_up(previous, monkeypatch):
@@ -105,12 +105,8 @@ def test_save_interrupted_by_a_signal_reraises_and_cleans_up(previous, monkeypat
         handle.write(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint.torch, "save", interrupted_save)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(_state(2), previous)
-    monkeypatch.undo()
-    _assert_same(load_checkpoint(previous), _state(1))
-    assert _leftovers(previous.parent) == []
+    assert_failed_save_keeps_the_previous(previous, monkeypatch, (checkpoint.torch, "save"), interrupted_save,
+                                          KeyboardInterrupt)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,14 +20,13 @@ METHODS = ("plain", "cb", "drw", "isda", "metasaug_no_reweight", "metasaug")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tree4, tmp_path_factory):
     """One tiny CE run per method (epoch 0 is the first phase, epochs 1-2 the second)."""
     root = tmp_path_factory.mktemp("methods")
-    data = make_tree(root / "data", 4, train=40, test=10)
     results = {}
     for method in METHODS:
         base = root / "runs" / method
-        flags = [str(f) for f in train_flags(data, base, name=method)] + ["--method", method, "--loss", "ce",
+        flags = [str(f) for f in train_flags(tree4, base, name=method)] + ["--method", method, "--loss", "ce",
                                                                                "--dataset", "cifar10"]
         assert trainer.main("MetaSAug_CE_train.py", "test", ("ce", "focal"), flags) == 0
         results[method] = (base, json.loads((base / "out" / "result.json").read_text()))
@@ -168,7 +167,7 @@ LDAM_SCRIPT = "MetaSAug_LDAM_train.py"
 
 def cao_run(data, tmp_path, *extra):
     args = cifar_flags.parse_args(LDAM_SCRIPT, "d", ("ldam",), [str(f) for f in train_flags(data, tmp_path)] +
-                              ["--recipe", "cao2019", "--method", "drw", *map(str, extra)])
+                                  ["--recipe", "cao2019", "--method", "drw", *map(str, extra)])
     cifar_flags.validate_args(args)
     built = build_dataset(args.data_root, num_meta=args.num_meta, imb_factor=args.imb_factor,
                           num_classes=args.num_classes, subset=args.subset)
@@ -192,7 +191,7 @@ def test_cao2019_recipe_reaches_optimizer_network_loss_and_data(tmp_path):
     # s = 30 on the normalised logits, margins subtracted first
     x = torch.rand(6, 3, 8, 8)
     y = torch.tensor([0, 1, 2, 3, 0, 1])
-    loss, logits = run._loss(x, y, epoch=0, iteration=0, lookahead_lr=0.1, ratio=0.0)
+    loss, logits = run._loss(x, y, epoch=0, lookahead_lr=0.1, ratio=0.0, meta_batch=run.meta_batch(0, 0))
     shifted = logits - F.one_hot(y, 4) * run.criterion.margins[y].unsqueeze(1)
     assert loss.item() == pytest.approx(F.cross_entropy(30 * shifted, y).item(), rel=1e-6)
     assert logits.abs().max() <= 1 + 1e-6  # cosine logits
@@ -241,14 +240,14 @@ def test_isda_ablation_is_metasaug_without_its_meta_step(tmp_path):
     runs = {}
     for method in ("isda", "metasaug"):
         args = cifar_flags.parse_args("MetaSAug_CE_train.py", "d", ("ce", "focal"),
-                                  [str(f) for f in train_flags(data, tmp_path / method)] +
-                                  ["--method", method, "--meta_lr", "0", "--channels_last", "false"])
+                                      [str(f) for f in train_flags(data, tmp_path / method)] +
+                                      ["--method", method, "--meta_lr", "0", "--channels_last", "false"])
         cifar_flags.validate_args(args)
         runs[method] = trainer.Run(args, build_dataset(args.data_root, num_meta=2, imb_factor=0.1, num_classes=4))
     generator = torch.Generator().manual_seed(0)
     for iteration in range(3):
         x, y = torch.rand(8, 3, 8, 8, generator=generator), torch.randint(0, 4, (8,), generator=generator)
-        losses = [run._loss(x, y, epoch=1, iteration=iteration, lookahead_lr=0.1, ratio=0.5)[0]
+        losses = [run._loss(x, y, epoch=1, lookahead_lr=0.1, ratio=0.5, meta_batch=run.meta_batch(1, iteration))[0]
                   for run in runs.values()]
         assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-5), iteration
         for run in runs.values():
@@ -258,9 +257,8 @@ def test_isda_ablation_is_metasaug_without_its_meta_step(tmp_path):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_logit_adjusted_base_loss_with_every_method(method, tmp_path):
-    data = make_tree(tmp_path / "data", 4, train=40, test=10)
-    flags = [str(f) for f in train_flags(data, tmp_path)] + ["--method", method, "--loss", "la",
+def test_logit_adjusted_base_loss_with_every_method(method, tree4, tmp_path):
+    flags = [str(f) for f in train_flags(tree4, tmp_path)] + ["--method", method, "--loss", "la",
                                                              "--max_train_batches", "2"]
     assert trainer.main("MetaSAug_CE_train.py", "test", LOSSES, flags) == 0
     result = json.loads((tmp_path / "out" / "result.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 
 import MetaSAug_test
 import trainer
-from conftest import (CE, CIFAR10_ARCHIVE, REPO_ROOT, assert_ok, assert_tensors_equal, load, make_tree, run_together,
+from conftest import (CE, CIFAR10_ARCHIVE, REPO_ROOT, assert_ok, assert_tensors_equal, load, run_together,
                       train_flags, untimed)
 from tools import export_run, meta_step_size
 
@@ -22,12 +22,19 @@ def printed_accuracy(argv, capsys):
     return float(re.search(r"Accuracy: ([\d.]+)", capsys.readouterr().out)[1])
 
 
-def test_exported_weights_evaluate_to_the_run_s_accuracy(tmp_path, capsys):
-    data = make_tree(tmp_path / "data", 4, train=40, test=10)
+@pytest.fixture(scope="module")
+def tiny_run(tree4, tmp_path_factory):
+    """A two-epoch run (one epoch per phase): its out_dir and final checkpoint (read only)."""
+    base = tmp_path_factory.mktemp("tiny")
     assert trainer.main("MetaSAug_CE_train.py", "d", ("ce", "focal"),
-                        [str(f) for f in train_flags(data, tmp_path, epochs=2)] + ["--lr", "0.02"]) == 0
+                        [str(f) for f in train_flags(tree4, base, epochs=2)] + ["--lr", "0.02"]) == 0
+    return base / "out", base / "ckpt" / "tiny_ckpt.pth.tar"
+
+
+def test_exported_weights_evaluate_to_the_run_s_accuracy(tiny_run, tree4, tmp_path, capsys):
+    out, checkpoint = tiny_run
     capsys.readouterr()
-    dest = export_run.export(tmp_path / "out", tmp_path / "ckpt" / "tiny_ckpt.pth.tar", tmp_path / "exported")
+    dest = export_run.export(out, checkpoint, tmp_path / "exported")
     result = json.loads((dest / "result.json").read_text())
     readme = (dest / "README.md").read_text()
     command = next(line for line in readme.splitlines() if line.startswith("python MetaSAug_CE_train.py"))
@@ -36,18 +43,16 @@ def test_exported_weights_evaluate_to_the_run_s_accuracy(tmp_path, capsys):
         assert f" {flags}" in command, command
     assert str(tmp_path) not in command  # machine-specific paths stay out
     assert (dest / "model.pth").stat().st_size < 2 * 1024 * 1024
-    accuracy = printed_accuracy(["--checkpoint_path", dest / "model.pth", "--data_root", data, "--num_classes", 4,
+    accuracy = printed_accuracy(["--checkpoint_path", dest / "model.pth", "--data_root", tree4, "--num_classes", 4,
                                  "--imb_factor", 0.1, "--num_meta", 2, "--device", "cpu", "--test-batch-size", 16],
                                 capsys)
     assert f"{accuracy:.2f}" == f"{100 - result['final_top1_error']:.2f}"
-    assert export_run.main([str(tmp_path / "out"), str(tmp_path / "ckpt" / "tiny_ckpt.pth.tar"), str(dest)]) == 2
+    assert export_run.main([str(out), str(checkpoint), str(dest)]) == 2
 
 
-def test_an_exported_first_phase_branches_like_the_run_from_scratch(tmp_path):
-    data = make_tree(tmp_path / "data", 4, train=40, test=10)
-
+def test_an_exported_first_phase_branches_like_the_run_from_scratch(tree4, tmp_path):
     def flags(name, *extra):
-        return (train_flags(data, tmp_path, name=name) + ["--epochs", 3, "--meta_start", 2, "--lr_milestones", 2,
+        return (train_flags(tree4, tmp_path, name=name) + ["--epochs", 3, "--meta_start", 2, "--lr_milestones", 2,
                                                           "--out_dir", tmp_path / "out" / name, *extra])
 
     for proc in run_together([(CE, flags("first_phase_seed42", "--method", "plain", "--first_phase_only")),
@@ -78,12 +83,11 @@ def test_an_exported_first_phase_branches_like_the_run_from_scratch(tmp_path):
                             str(tmp_path / "results" / "scratch"), "--first_phase", str(first_phase)]) == 2
     assert not (tmp_path / "results" / "scratch").exists()
 
-def test_meta_step_size_scales_with_the_lookahead_step(tmp_path, capsys):
-    data = make_tree(tmp_path / "data", 4, train=40, test=10)
-    assert trainer.main("MetaSAug_CE_train.py", "d", ("ce", "focal"),
-                        [str(f) for f in train_flags(data, tmp_path, epochs=2)] + ["--lr", "0.02"]) == 0
+
+def test_meta_step_size_scales_with_the_lookahead_step(tiny_run, tree4, tmp_path, capsys):
+    out, checkpoint = tiny_run
+    data = tree4
     capsys.readouterr()
-    checkpoint = tmp_path / "ckpt" / "tiny_ckpt.pth.tar"
     assert meta_step_size.main([str(checkpoint), "--data_root", str(data), "--batches", "2",
                                 "--lookahead_lr", "1e-5", "1e-4"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("lookahead lr")]
@@ -94,7 +98,7 @@ def test_meta_step_size_scales_with_the_lookahead_step(tmp_path, capsys):
     for small, large in zip(*shifts):
         assert 0 < small and large / small == pytest.approx(10, rel=0.1)
     # An exported results folder (model.pth, criterion.pth, result.json) gives the same figures as the checkpoint.
-    exported = export_run.export(tmp_path / "out", checkpoint, tmp_path / "exported")
+    exported = export_run.export(out, checkpoint, tmp_path / "exported")
     assert meta_step_size.main([str(exported), "--data_root", str(data), "--batches", "2",
                                 "--lookahead_lr", "1e-5", "1e-4"]) == 0
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("lookahead lr")] == lines

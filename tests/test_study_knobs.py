@@ -5,8 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import (CE, ITERATIONS, assert_ok, assert_tensors_equal, load, make_tree, run_together, train_flags,
-                      untimed)
+from conftest import CE, ITERATIONS, assert_ok, assert_tensors_equal, load, run_together, train_flags, untimed
 
 # Epoch 1 cross-entropy, epochs 2-3 MetaSAug at the released lookahead step 0.1 x 0.01 = 0.001.
 SCHEDULE = ["--epochs", 3, "--meta_start", 1, "--lr_milestones", 1]
@@ -20,12 +19,11 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tree4, tmp_path_factory):
     base = tmp_path_factory.mktemp("knobs")
-    tree = make_tree(base / "tree4", 4, train=40, test=10)
 
     def flags(name, extra):
-        return train_flags(tree, base, name=name) + SCHEDULE + ["--out_dir", base / "out" / name] + extra
+        return train_flags(tree4, base, name=name) + SCHEDULE + ["--out_dir", base / "out" / name] + extra
 
     for proc in run_together([(CE, flags(name, extra)) for name, extra in VARIANTS.items()], base):
         assert_ok(proc)

@@ -12,13 +12,8 @@
 #   CPU only:              DEVICE=cpu GPUS=1 bash ImageNet_iNat/scripts/test.sh --workers 2
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DATASET=${DATASET:-ImageNet_LT}
-ARCH=${ARCH:-resnet50}
-case "$DATASET" in
-  ImageNet_LT|iNaturalist18|iNaturalist17) ;;
-  *) echo "test.sh: unknown DATASET $DATASET (ImageNet_LT, iNaturalist18, iNaturalist17)" >&2; exit 2 ;;
-esac
 source ImageNet_iNat/scripts/torchrun.sh
+settle_dataset test.sh
 run_torchrun ImageNet_iNat/test.py \
   --dataset "$DATASET" --data_root "${DATA_ROOT:-data/$DATASET}" --arch "$ARCH" --device "${DEVICE:-auto}" \
   --loading_path "${CHECKPOINT:-checkpoints/ImageNet_iNat/${DATASET}_${ARCH}_stage2_ckpt.pth.tar}" "$@"

@@ -1,4 +1,15 @@
-# Sourced by train.sh and test.sh: run_torchrun SCRIPT [args] starts SCRIPT with torchrun on this node
+# Sourced by train.sh and test.sh. settle_dataset NAME sets DATASET (default ImageNet_LT) and ARCH (default
+# resnet50), and exits 2 with NAME's one-line error on an unknown DATASET.
+settle_dataset() {
+  DATASET=${DATASET:-ImageNet_LT}
+  ARCH=${ARCH:-resnet50}
+  case "$DATASET" in
+    ImageNet_LT|iNaturalist18|iNaturalist17) ;;
+    *) echo "$1: unknown DATASET $DATASET (ImageNet_LT, iNaturalist18, iNaturalist17)" >&2; exit 2 ;;
+  esac
+}
+
+# run_torchrun SCRIPT [args] starts SCRIPT with torchrun on this node
 # (GPUS processes; NNODES, NODE_RANK, RDZV_ENDPOINT for several nodes). When a worker fails, its own
 # one-line message is the last thing printed and its exit code is returned (2: bad input, 3: diverged),
 # instead of torchrun's ChildFailedError report, which goes to $TMPDIR/torchrun_failure.XXXXXX.

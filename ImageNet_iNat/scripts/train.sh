@@ -19,20 +19,18 @@
 #   stage 1 (iNat17):     STAGE=1 DATASET=iNaturalist17 GPUS=4 bash ImageNet_iNat/scripts/train.sh --weight-decay 1e-4
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-DATASET=${DATASET:-ImageNet_LT}
-ARCH=${ARCH:-resnet50}
+source ImageNet_iNat/scripts/torchrun.sh
+settle_dataset train.sh
 case "$DATASET" in
   ImageNet_LT)   default_model=models/${ARCH}_uniform_e90.pth ;;
   iNaturalist18) default_model=models/iNat18/${ARCH}_uniform_e200.pth ;;
   iNaturalist17) default_model=models/iNat17/${ARCH}_uniform_e90.pth ;;
-  *) echo "train.sh: unknown DATASET $DATASET (ImageNet_LT, iNaturalist18, iNaturalist17)" >&2; exit 2 ;;
 esac
 if [ "${STAGE:-2}" = 1 ]; then
   recipe=(--stage 1 --batch_size 512 --lr 0.2 --epochs 90)  # cRT "uniform sampling", cosine learning rate
 else
   recipe=(--stage 2 --model_file "${MODEL_FILE:-$default_model}" --lr 0.0003 --meta_lr 0.1 --batch_size 256 --epochs 20)
 fi
-source ImageNet_iNat/scripts/torchrun.sh
 run_torchrun ImageNet_iNat/train.py \
   --dataset "$DATASET" --data_root "${DATA_ROOT:-data/$DATASET}" --arch "$ARCH" --device "${DEVICE:-auto}" \
   "${recipe[@]}" "$@"
