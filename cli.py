@@ -3,16 +3,18 @@ resume/branch compatibility and provenance.
 
 Errors a user can fix by changing a flag are ``UsageError``; errors in the data or in a file are
 ``data_utils.DataError`` and ``checkpoint.CheckpointError``. The scripts print any of them as one
-line and exit with code 2.
+line and exit with code 2. Importing this module does not import torch, so that a script's --help
+(tools/run_table.py's) answers at once.
 """
 import argparse
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
-import torch
-
-from checkpoint import CheckpointError
+# The exit code of a run stopped by --stop_after: it wrote its checkpoint and continues with --resume.
+EXIT_RESUMABLE = 75  # EX_TEMPFAIL: "a temporary failure; the user is invited to retry"
 
 
 class UsageError(ValueError):
@@ -20,7 +22,24 @@ class UsageError(ValueError):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line and exits with code 2."""
+    """argparse that takes every flag with dashes or underscores alike (the released scripts mix them:
+    --imb_factor, --batch-size; --help shows the spelling declared), reports a bad flag in one line and exits
+    with code 2. What follows a bare ``--`` is left as given."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        end = args.index("--") if "--" in args else len(args)
+        return super().parse_known_args([*map(self._declared, args[:end]), *args[end:]], namespace)
+
+    def _declared(self, token):
+        """``token`` with the flag spelt as declared, where the other spelling of a declared flag was given."""
+        name, equals, value = str(token).partition("=")
+        if not name.startswith("--") or name in self._option_string_actions:
+            return token
+        for spelling in ("--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
+            if spelling in self._option_string_actions:
+                return spelling + equals + value
+        return token
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -45,6 +64,17 @@ def str2bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def positive_number(text):
+    """argparse type of a positive float, such as --stop_after's minutes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def add_run_file_flags(group, checkpoint_dir, checkpoint_help):
     """--checkpoint_dir, --out_dir, --resume and --overwrite: where a run writes, and what may happen to an
     existing run of the same --save_name (files_to_clear and check_resume act on them)."""
@@ -52,6 +82,10 @@ def add_run_file_flags(group, checkpoint_dir, checkpoint_help):
     group.add_argument("--out_dir", default=None, help="logs, TensorBoard, result.json (default runs/<save_name>)")
     group.add_argument("--resume", default=None, help="a checkpoint of this script to continue from (mid-epoch "
                                                       "included)")
+    group.add_argument("--stop_after", type=positive_number, default=None, metavar="MINUTES",
+                       help=f"stop at the first iteration after this many minutes, write the checkpoint and exit "
+                            f"with code {EXIT_RESUMABLE} (resumable: the same command plus --resume continues), so "
+                            f"that a time-boxed allocation can be chained")
     group.add_argument("--overwrite", action="store_true",
                        help="start afresh over an existing run of this --save_name: deletes its checkpoints, "
                             "result.json, train.log, figures and TensorBoard files (without it, an existing run "
@@ -90,6 +124,7 @@ def require_rates(args):
 
 def resolve_device(choice, index=0):
     """``auto``: CUDA device ``index`` when CUDA is available, else the CPU."""
+    import torch
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -98,20 +133,34 @@ def resolve_device(choice, index=0):
 
 
 class StopRequest:
-    """Turns SIGTERM/SIGINT into a flag checked between iterations, so a checkpoint can be written."""
+    """When a run should stop at its next iteration and write its checkpoint: on SIGTERM/SIGINT, or once
+    ``minutes`` (--stop_after) have passed since it was made, so that a time-boxed allocation can be chained."""
 
-    def __init__(self):
+    def __init__(self, minutes=None):
         self.signal = None
+        self.deadline = None if minutes is None else time.monotonic() + 60 * minutes
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         self.signal = signum
 
+    def due(self):
+        return self.signal is not None or (self.deadline is not None and time.monotonic() >= self.deadline)
 
-def interrupt_message(signum, state, unit, checkpoint_path):
-    """How a run stopped on a signal (1-based epoch, as every line a person reads) and how to continue it."""
-    return (f"interrupted by signal {signum} in epoch {state.epoch + 1} after {unit} {state.iteration}; checkpoint "
+    def exit_code(self):
+        """128 + the signal, or EXIT_RESUMABLE when the time limit stopped the run."""
+        return EXIT_RESUMABLE if self.signal is None else 128 + self.signal
+
+    def reason(self):
+        if self.signal is not None:
+            return f"signal {self.signal}"
+        return "--stop_after's time limit" if self.due() else "another process's stop request"
+
+
+def interrupt_message(stop, state, unit, checkpoint_path):
+    """How a run stopped (1-based epoch, as every line a person reads) and how to continue it."""
+    return (f"interrupted by {stop.reason()} in epoch {state.epoch + 1} after {unit} {state.iteration}; checkpoint "
             f"written. Resume with the same flags plus --resume {checkpoint_path}")
 
 
@@ -182,6 +231,7 @@ def flag_clashes(args, config, keys):
 
 def training_config(state, flag, path, what):
     """The config of a training checkpoint of this repository, or a one-line error naming ``flag``."""
+    from checkpoint import CheckpointError
     config = state.get("config") if isinstance(state, dict) else None
     if not isinstance(config, dict) or "iteration" not in state or "history" not in state:
         raise CheckpointError(f"{flag} {path} is not {what} (no config, position or history); "
@@ -191,6 +241,7 @@ def training_config(state, flag, path, what):
 
 def check_resume(args, state, must_match, prog):
     """Refuse to continue a checkpoint written with other values of the ``must_match`` flags."""
+    from checkpoint import CheckpointError
     config = training_config(state, "--resume", args.resume, f"a training checkpoint of {prog}")
     clashes = flag_clashes(args, config, must_match)
     if clashes:

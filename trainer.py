@@ -131,11 +131,31 @@ class Run:
         images = augment(images[index], generator, mean=recipe.mean, std=recipe.std, pad_mode=recipe.pad_mode)
         return images.contiguous(memory_format=self.memory_format), labels[index]
 
+    def epoch_batches(self, epoch):
+        """The index batches of 0-based ``epoch`` in its stream's order, capped by --max_train_batches."""
+        return epoch_batches(len(self.data.train_labels), self.args.batch_size, self.stream(epoch), epoch,
+                             device=self.device)[:self.args.max_train_batches]
+
     def train_step(self, epoch, iteration, index, lookahead_lr, ratio):
+        """One iteration: the batch ``index`` augmented, the meta batch where a meta step is taken, the update."""
         x, y = self.augmented_batch(self.data.train_images, self.data.train_labels, index, self.stream(epoch),
                                     "augment", epoch, iteration)
+        return self.update(x, y, epoch, lookahead_lr, ratio, self.meta_batch(epoch, iteration))
+
+    def meta_batch(self, epoch, iteration):
+        """The balanced meta batch of an iteration, augmented (None where no meta step is taken)."""
+        if self.meta is None or epoch < self.args.meta_start:
+            return None
+        seed = self.stream(epoch)
+        generator = batch_generator(seed, "meta", epoch, iteration, device=self.device)
+        meta_index = sample_meta_batch(len(self.data.meta_labels), self.args.batch_size, generator)
+        return self.augmented_batch(self.data.meta_images, self.data.meta_labels, meta_index, seed, "meta_augment",
+                                    epoch, iteration)
+
+    def update(self, x, y, epoch, lookahead_lr, ratio, meta_batch=None):
+        """One optimizer step on a prepared batch: (loss, correct, images), the first two as tensors."""
         with self.autocast():
-            loss, logits = self._loss(x, y, epoch, iteration, lookahead_lr, ratio)
+            loss, logits = self._loss(x, y, epoch, lookahead_lr, ratio, meta_batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -145,7 +165,7 @@ class Run:
         """bf16 autocast where --amp asks for it, a no-op context otherwise."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.args.amp)
 
-    def _loss(self, x, y, epoch, iteration, lookahead_lr, ratio):
+    def _loss(self, x, y, epoch, lookahead_lr, ratio, meta_batch):
         """The training loss of ``--method`` in this epoch's phase, and the logits."""
         method, second_phase = self.method, epoch >= self.args.meta_start
         if method.augmented and not second_phase:
@@ -163,12 +183,7 @@ class Run:
             loss = classification_loss(logits, y, self.args.loss, self.criterion.class_weights if reweight else None,
                                        self.criterion.constant, self.args.gamma, self.recipe.logit_scale)
         else:
-            seed = self.stream(epoch)
-            generator = batch_generator(seed, "meta", epoch, iteration, device=self.device)
-            meta_index = sample_meta_batch(len(self.data.meta_labels), self.args.batch_size, generator)
-            x_meta, y_meta = self.augmented_batch(self.data.meta_images, self.data.meta_labels, meta_index, seed,
-                                                  "meta_augment", epoch, iteration)
-            loss, logits = self.meta.step(x, y, x_meta, y_meta, lr=lookahead_lr, ratio=ratio)
+            loss, logits = self.meta.step(x, y, *meta_batch, lr=lookahead_lr, ratio=ratio)
         return loss, logits
 
     def evaluate(self):
@@ -243,21 +258,20 @@ class Run:
             lr, lookahead_lr, ratio = self.schedule(epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            batches = epoch_batches(len(self.data.train_labels), args.batch_size, self.stream(epoch), epoch,
-                                    device=self.device)[:args.max_train_batches]
+            batches = self.epoch_batches(epoch)
             losses = []
             tick = time.time()
             for iteration in range(state.iteration, len(batches)):
                 loss, correct, seen = self.train_step(epoch, iteration, batches[iteration], lookahead_lr, ratio)
                 losses.append(loss)
                 state.add_batch(loss, correct, seen)
-                if state.iteration % args.print_freq == 0 or stop.signal is not None:
+                if state.iteration % args.print_freq == 0 or stop.due():
                     self._check_finite(losses, epoch, iteration + 1 - len(losses))
                     losses = []
                     self.log(f"  epoch {epoch + 1} iter {iteration + 1}/{len(batches)} loss {loss.item():.4f}")
-                if stop.signal is not None:
+                if stop.due():
                     state.epoch_time += time.time() - tick
-                    return self._interrupted(stop.signal, started)
+                    return self._interrupted(stop, started)
             self._check_finite(losses, epoch, len(batches) - len(losses))
             state.epoch_time += time.time() - tick
             self._end_epoch(epoch, lr, started, writer)
@@ -366,11 +380,11 @@ class Run:
             save_spectrum_png(spectrum, self.out_dir / "covariance_spectrum.png",
                               f"rarest class '{self.data.class_names[self.rarest]}', epoch {step}")
 
-    def _interrupted(self, signum, started):
+    def _interrupted(self, stop, started):
         self.state.elapsed = time.time() - started
         save_checkpoint(self._checkpoint(), self.last_path)
-        self.log(interrupt_message(signum, self.state, "iteration", self.last_path), error=True)
-        return 128 + signum
+        self.log(interrupt_message(stop, self.state, "iteration", self.last_path), error=True)
+        return stop.exit_code()
 
     def _write_result(self, started):
         args, state = self.args, self.state
@@ -420,7 +434,7 @@ def main(prog, description, losses, argv=None):
         run = Run(args, data, resume_state, init_state)
         del resume_state, init_state
         clear_files(stale, args.save_name)
-        return run.fit(StopRequest())
+        return run.fit(StopRequest(args.stop_after))
     except (UsageError, DataError, CheckpointError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ Several GPUs:     torchrun --nproc_per_node 4 ImageNet_iNat/train.py ...   (see 
 """
 import argparse
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -320,7 +321,7 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loss_value = loss.item()
-        flags = (stop.signal is not None, not math.isfinite(loss_value))
+        flags = (stop.due(), not math.isfinite(loss_value))
         if self.stage2:
             stop_count, bad_count = average_gradients(self.model.fc.parameters(), self.ctx, *flags)
         else:
@@ -480,12 +481,13 @@ class Run:
     def _interrupted(self, stop, started, writer):
         self.state.elapsed = time.time() - started
         self.state.epoch_sums = sum_over_ranks(self.ctx, *self.state.epoch_sums)
+        code = stop.exit_code() if stop.due() else 128 + signal.SIGTERM  # another rank was stopped
         if not self.ctx.is_main:
-            return 128 + (stop.signal or 15)
+            return code
         save_checkpoint(self._checkpoint(), self.checkpoint_path)
         writer.close()
-        self.log(interrupt_message(stop.signal or 15, self.state, "step", self.checkpoint_path), error=True)
-        return 128 + (stop.signal or 15)
+        self.log(interrupt_message(stop, self.state, "step", self.checkpoint_path), error=True)
+        return code
 
     def _finish(self, started, writer):
         args, state = self.args, self.state
@@ -541,7 +543,7 @@ def main(argv=None):
         del resume_state, init_state
         if ctx.is_main:
             clear_files(stale, args.save_name)
-        return run.fit(StopRequest())
+        return run.fit(StopRequest(args.stop_after))
     except (UsageError, DataError, CheckpointError) as error:
         prefix = f"[rank {rank}] " if world_size > 1 else ""
         print(f"{PROG}: error: {prefix}{one_line(error)}", file=sys.stderr, flush=True)

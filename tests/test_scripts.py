@@ -35,11 +35,6 @@ from resnet import ResNet32
 # ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tree4(tmp_path_factory):
-    return make_tree(tmp_path_factory.mktemp("data") / "tree4", NUM_CLASSES, train=40, test=10)
-
-
-@pytest.fixture(scope="module")
 def tree10(tmp_path_factory):
     """10 classes, as MetaSAug_test.py --dataset cifar10 requires."""
     return make_tree(tmp_path_factory.mktemp("data") / "tree10", 10, train=6, test=10, seed=1)
@@ -496,6 +491,34 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(ce_run, tree4, tmp_path)
     for key in ("final_top1_error", "best_top1_error", "best_epoch", "per_class_accuracy"):
         assert result_a[key] == result_b[key], key
     assert untimed(result_a["history"]) == untimed(result_b["history"])
+
+
+def test_stop_after_stops_resumably_and_the_resumed_run_is_bit_identical(ce_run, tree4, tmp_path):
+    flags = train_flags(tree4, tmp_path)  # ce_run's flags, other checkpoint_dir and out_dir
+    ckpt = tmp_path / "ckpt" / "tiny_ckpt.pth.tar"
+    stopped = run_script(CE, flags + ["--stop_after", "1e-9"], cwd=tmp_path)
+    assert_one_line_error(stopped.returncode, stopped.stderr,
+                          rf"interrupted by --stop_after's time limit in epoch 1 after iteration 1; checkpoint "
+                          rf"written\. Resume with the same flags plus --resume {re.escape(str(ckpt))}",
+                          expected_code=75)
+    assert_ok(run_script(CE, flags + ["--resume", ckpt], cwd=tmp_path))
+    a, b = load(ce_run.ckpt), load(ckpt)
+    for key in ("state_dict", "optimizer", "criterion", "epoch_sums", "meta_step_sums"):
+        assert_tensors_equal(a[key], b[key], key)
+
+
+def test_every_flag_takes_dashes_or_underscores_and_help_shows_one(tree4, tmp_path, capsys):
+    declared = [str(f) for f in train_flags(tree4, tmp_path)] + ["--weight-decay", "0.001", "--meta_lr", "0.2"]
+    swapped = [("--" + (f[2:].replace("_", "-") if "_" in f else f[2:].replace("-", "_"))) if f.startswith("--")
+               else f for f in declared]
+    assert swapped != declared
+    parse = [cifar_flags.parse_args(CE, "d", ("ce", "focal"), argv) for argv in (declared, swapped)]
+    assert vars(parse[0]) == vars(parse[1])
+    with pytest.raises(SystemExit):
+        cifar_flags.parse_args(CE, "d", ("ce", "focal"), ["--help"])
+    help_text = capsys.readouterr().out
+    assert "--imb_factor" in help_text and "--imb-factor" not in help_text
+    assert "--batch-size" in help_text and "--batch_size" not in help_text
 
 
 # ---------------------------------------------------------------------------------------------
