@@ -46,10 +46,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a flag's default unless it is None/False (those defaults are described in the help)."""
+    """Shows a flag's default unless it is None/False (those defaults are described in the help) or the flag
+    takes no value (a switch's default is its absence)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or action.help is None:
+        if action.default in (None, False) or action.help is None or action.nargs == 0:
             return action.help
         return super()._get_help_string(action)
 

@@ -15,6 +15,7 @@ import torch
 from conftest import REPO_ROOT, make_tree, untimed
 import timing
 from tools import run_table
+from tools import sweep as sweep_module
 
 REDUCED = ["--epochs", "20", "--meta_start", "16", "--lr_milestones", "16", "18"]
 
@@ -26,7 +27,8 @@ def dry_run(argv, capsys):
 
 def test_plan_prints_its_summary_first_and_shares_first_phases(capsys):
     lines = dry_run(["table1", "--seeds", "1", "2", "--device", "cpu", *REDUCED], capsys)
-    assert lines[0].startswith("table1 (cifar10): 90 runs, imbalance 0.005 0.01 0.02 0.05 0.1, seeds 1 2")
+    assert lines[0].startswith("table1 (cifar10): 90 runs from 110 trainings (20 shared first phases), imbalance "
+                               "0.005 0.01 0.02 0.05 0.1, seeds 1 2")
     assert len(lines) < 10 and not any("MetaSAug_CE_train.py" in line for line in lines)  # commands: --verbose
     text = "\n".join(lines)
     assert "shared first phases: 20 (" in text
@@ -34,7 +36,8 @@ def test_plan_prints_its_summary_first_and_shares_first_phases(capsys):
     assert "second phases branched from them: 60 (" in text and "runs from scratch: 30 (" in text
     saved = re.search(r"without shared first phases ([\d.]+) h in all \(sharing saves ([\d.]+) h\)", text)
     assert saved and 0 < float(saved.group(2)) < float(saved.group(1))
-    assert "0 finished (skipped), 0 interrupted (resumed from their checkpoints), 110 to start" in text
+    assert ("of the 110 trainings 0 finished (skipped), 0 interrupted (resumed from their checkpoints), 110 to "
+            "start") in text
 
 
 def test_plan_verbose_lists_each_branch_after_its_first_phase(capsys):
@@ -103,7 +106,8 @@ def results(tmp_path):
 def test_sweep_trains_once_then_skips_then_resumes_what_lost_its_result(sweep, tmp_path, capfd):
     assert run_table.main(sweep) == 0
     out = capfd.readouterr().out
-    assert "progress: 0 finished (skipped), 0 interrupted (resumed from their checkpoints), 3 to start" in out
+    assert ("progress: of the 3 trainings 0 finished (skipped), 0 interrupted (resumed from their checkpoints), 3 "
+            "to start") in out
     first = results(tmp_path)
     assert sorted(first) == ["table5_cifar10_isda_imb0.5_seed1", "table5_cifar10_metasaug_ce_imb0.5_seed1"]
     phase1 = tmp_path / "runs" / "table5" / "checkpoints" / "table5_cifar10_isda_first_phase_imb0.5_seed1_phase1.pth.tar"
@@ -170,7 +174,9 @@ def test_ctrl_c_stops_after_the_running_training_wrote_its_checkpoint(sweep, tmp
 @pytest.mark.parametrize("flags, pattern", [
     (["--jobs", "0"], r"--jobs must be at least 1, got 0"),
     (["--jobs", str((os.cpu_count() or 1) + 1), "--device", "cpu"], r"would run more threads than the \d+ cores"),
-    (["--jobs", "64", "--device", "cuda"], r"--jobs 64 needs 64 GPUs, but \d+ are visible; lower --jobs"),
+    (["--jobs", "64", "--device", "cuda"],
+     r"--jobs 64 needs 64 GPUs at --runs_per_gpu 1, but \d+ are visible|--device cuda, but no GPU is visible here"),
+    (["--runs_per_gpu", "0", "--device", "cuda"], r"--runs_per_gpu must be at least 1, got 0"),
     (["--emit", "cluster"], r"--emit takes 'slurm DIR' or 'commands'"),
 ])
 def test_sweep_refuses_what_cannot_run(flags, pattern, tmp_path, capsys):
@@ -200,15 +206,61 @@ def test_an_emit_folder_with_another_sweep_is_refused(sweep, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds another sweep" in err
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
-    script = (folder / "runs.sbatch").read_text()
+    script = (folder / "branches.sbatch").read_text()
     assert "#SBATCH --array=0-1" in script and "#SBATCH --requeue" in script and "--signal=B:TERM@300" in script
     assert "--dependency=afterok" in (folder / "submit.sh").read_text()
+
+
+def test_help_lists_the_rows_and_defaults_without_importing_torch():
+    probe = ("import sys; sys.argv = ['run_table.py', '--help']\nfrom tools import run_table\ntry:\n"
+             "    run_table.main()\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=60).stdout
+    assert out.strip().endswith("False"), out
+    text = " ".join(out.split())
+    assert "table5 (cifar10, imbalance 0.01 0.02 0.05): metasaug_no_reweight isda metasaug_ce." in text
+    assert "(default: [1, 2, 3])" in text and "(default: runs)" in text
+
+
+def test_an_emitted_slurm_sweep_asks_for_gpus_and_names_nothing_of_this_machine(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # as if this were the repository: the sweep's folder is inside it
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU here: the sweep is for the cluster's
+    folder = tmp_path / "sweeps" / "table1"
+    argv = ["table1", "--rows", "ce", "cb_ce", "metasaug_ce", "--imb", "0.01", "--seeds", "1", "--emit", "slurm",
+            "sweeps/table1", "--setup", "source ~/venv/bin/activate", *REDUCED]
+    assert run_table.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "of GPU time" in out and "one NVIDIA H200" in out
+    files = {p.name: p.read_text() for p in folder.iterdir() if p.is_file()}
+    for name, text in files.items():
+        assert str(REPO_ROOT) not in text and sys.executable not in text and str(tmp_path) not in text, name
+    assert 'cd "$(dirname "$0")"/../..' in files["submit.sh"]
+    assert all("#SBATCH --gres=gpu:1" in files[f"{n}.sbatch"] for n in ("first_phases", "branches", "scratch"))
+    assert "source ~/venv/bin/activate" in files["branches.sbatch"]
+    assert files["branches.txt"].startswith("python tools/run_table.py table1 ")
+    submit = files["submit.sh"]
+    assert re.search(r"branches=\$\(sbatch --parsable --dependency=afterok", submit)
+    assert re.search(r"scratch=\$\(sbatch --parsable \S*scratch.sbatch", submit)  # CB-CE needs no first phase
+    assert run_table.main(argv[:-len(REDUCED) - 2] + ["--device", "cpu", "--emit", "slurm", "sweeps/cpu",
+                                                     *REDUCED]) == 0
+    assert "--gres" not in (tmp_path / "sweeps" / "cpu" / "branches.sbatch").read_text()
+    assert "of CPU time" in capsys.readouterr().out
+
+
+def test_several_trainings_share_a_gpu_with_the_cpu_threads_split(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    environments = sweep_module.slot_environments("cuda", 4, per_gpu=2)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in environments] == ["3", "3", "5", "5"]
+    assert {env["OMP_NUM_THREADS"] for env in environments} == {"4"}
+    assert sweep_module.check_slots("cuda", 4, per_gpu=2) is None
+    assert "needs 3 GPUs at --runs_per_gpu 2" in sweep_module.check_slots("cuda", 5, per_gpu=2)
 
 
 def test_two_jobs_at_once_on_the_cpu(sweep, tmp_path, capfd):
     assert run_table.main(sweep + ["--jobs", "2"]) == 0
     out = capfd.readouterr().out
-    assert "up to 2 runs at once" in out
+    assert "up to 2 at once" in out
     starts = re.findall(r"== start (\S+) \((first phase|branch)\) on (\d+) CPU threads", out)
     assert [kind for _, kind, _ in starts] == ["first phase", "branch", "branch"]
     assert {threads for _, _, threads in starts} == {str(max(1, (os.cpu_count() or 1) // 2))}
@@ -232,8 +284,9 @@ def test_emitted_slurm_arrays_run_on_a_local_cluster(sweep, tmp_path):
     env = {**os.environ, "SLURM_CONF": str(cluster / "slurm.conf")}
     try:
         folder = tmp_path / "slurm"
-        emit = sweep + ["--emit", "slurm", str(folder), "--cpus_per_task", "1", "--time", "00:20:00"]
-        assert subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "run_table.py"), *emit], env=env,
+        emit = sweep + ["--emit", "slurm", str(folder), "--cpus_per_task", "1", "--time", "00:20:00",
+                        "--python", sys.executable]  # this test's interpreter, not the nodes' "python"
+        assert subprocess.run([sys.executable, "tools/run_table.py", *emit], env=env, cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=120).returncode == 0
         submitted = subprocess.run(["bash", str(folder / "submit.sh")], env=env, capture_output=True, text=True,
                                    timeout=60)
@@ -251,7 +304,7 @@ def test_emitted_slurm_arrays_run_on_a_local_cluster(sweep, tmp_path):
     assert sorted(results(tmp_path)) == ["table5_cifar10_isda_imb0.5_seed1",
                                          "table5_cifar10_metasaug_ce_imb0.5_seed1"], logs
     assert sum(name.startswith("first_phases_") for name in logs) == 1
-    branches = [text for name, text in logs.items() if name.startswith("runs_")]
+    branches = [text for name, text in logs.items() if name.startswith("branches_")]
     assert len(branches) == 2
     for text in branches:  # each branch started after its first phase had finished
         assert "branching at epoch 3 from the first phase" in text and "not finished" not in text

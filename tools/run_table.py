@@ -13,102 +13,68 @@ skipped, an interrupted one resumes from its checkpoint. Ctrl-C stops after the 
 written its checkpoint. Results go to ``<out_root>/<table>/<run name>/`` with checkpoints in
 ``<out_root>/<table>/checkpoints``; ``python tools/report.py <out_root>/<table>`` summarises them.
 """
-import argparse
-import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import MetaSAug_CE_train  # noqa: E402
-import MetaSAug_LDAM_train  # noqa: E402
-import cifar_flags  # noqa: E402
-import timing  # noqa: E402
-from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from cli import check_resume, duration, flag_clashes  # noqa: E402
-from tools import sweep  # noqa: E402
-from data_utils import CIFAR_NUM_CLASSES, get_img_num_per_cls  # noqa: E402
-from methods import CE_SCRIPT, LDAM_SCRIPT, METHODS, ROWS, TABLES  # noqa: E402
-
-LOSSES = {CE_SCRIPT: MetaSAug_CE_train.LOSSES, LDAM_SCRIPT: MetaSAug_LDAM_train.LOSSES}
-LAM = {"cifar10": 0.25, "cifar100": 0.75}  # the released default and the released CIFAR-100 command
+from cli import HelpFormatter, OneLineParser  # noqa: E402  (neither imports torch: --help answers at once)
+from methods import TABLES  # noqa: E402
 
 
-class PlanError(ValueError):
-    """A sweep that cannot start as asked; the message says why and what to do."""
-
-
-@dataclass
-class Job:
-    """One training process of the sweep."""
-    name: str
-    script: str
-    flags: list          # the training flags, without --resume
-    args: argparse.Namespace  # the flags as the training script parses them
-    kind: str            # "first phase" (--first_phase_only), "branch" (--init_from) or "scratch"
-    rows: tuple          # the row stems it serves
-    after: str = None    # the first-phase job a branch waits for
-    seconds: float = 0.0  # estimated duration
-    state: str = "new"   # "new", "interrupted" (resumed) or "finished" (skipped)
-
-    @property
-    def checkpoint(self):
-        return Path(self.args.checkpoint_dir) / f"{self.name}_ckpt.pth.tar"
-
-    @property
-    def phase1(self):
-        return Path(self.args.checkpoint_dir) / f"{self.name}_phase1.pth.tar"
-
-    @property
-    def result(self):
-        return Path(self.args.out_dir) / "result.json"
-
-    @property
-    def console(self):
-        """Where the job's console output goes when several jobs run at once."""
-        return Path(self.args.out_dir) / "console.log"
-
-    def command(self):
-        resume = ["--resume", str(self.checkpoint)] if self.state == "interrupted" else []
-        return [sys.executable, str(REPO / self.script), *self.flags, *resume]
+def tables_help():
+    """Each table's dataset, imbalance factors and row stems (what --rows keeps)."""
+    return " ".join(f"{name} ({table.dataset}, imbalance {' '.join(map(str, table.imb_factors))}): "
+                    f"{' '.join(table.stems)}." for name, table in TABLES.items())
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = OneLineParser(prog="run_table.py", description=__doc__.splitlines()[0], formatter_class=HelpFormatter,
+                      allow_abbrev=False,
+                      epilog=f"Rows per table: {tables_help()} Other flags, and everything after a bare --, go to "
+                             f"every training (e.g. --epochs 20 --meta_start 16 --lr_milestones 16 18, or "
+                             f"--eval_every 5).")
     p.add_argument("table", choices=tuple(TABLES))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="the paper averages 3 runs")
     p.add_argument("--imb", type=float, nargs="+", default=None, help="imbalance factors (default: the table's)")
-    p.add_argument("--rows", nargs="+", default=None, help="run-name stems to keep (default: all rows)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--rows", nargs="+", default=None, help="run-name stems to keep (default: all the table's rows, "
+                                                          "listed below)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA where this machine has it; an emitted SLURM sweep asks for GPUs unless cpu")
     p.add_argument("--data_root", default=None, help="default data/<dataset>")
-    p.add_argument("--out_root", default="runs")
+    p.add_argument("--out_root", default="runs", help="results go to <out_root>/<table>/<run name>")
     p.add_argument("--no-share", dest="share", action="store_false",
                    help="train every run from scratch instead of branching from shared first phases")
     p.add_argument("--dry-run", action="store_true", help="print the plan only")
     p.add_argument("--verbose", action="store_true", help="also print every command")
     p.add_argument("--jobs", type=int, default=None,
-                   help="trainings at once on this machine: one per visible GPU on CUDA (default: all of them), "
-                        "or an equal share of the cores each on the CPU (default 1)")
+                   help="trainings at once on this machine: --runs_per_gpu per visible GPU on CUDA (default: all "
+                        "of them), or an equal share of the cores each on the CPU (default 1)")
+    p.add_argument("--runs_per_gpu", type=int, default=1,
+                   help="trainings sharing one GPU, the CPU threads split between all (a ResNet-32 at batch 100 "
+                        "leaves most of a GPU idle: seven shared an H200 at about 3.2x the throughput of one)")
     p.add_argument("--emit", nargs="+", metavar="KIND [DIR]",
                    help="instead of training: 'slurm DIR' writes job-array scripts and submit.sh to DIR; "
                         "'commands' prints one command per run (first phases first) for any other scheduler")
     p.add_argument("--run", default=None, metavar="NAME",
                    help="run this one job of the sweep (what each scheduler task does): skipped if finished, "
                         "resumed if interrupted")
-    slurm = p.add_argument_group("SLURM resources (with --emit slurm)")
-    slurm.add_argument("--gpus_per_task", type=int, default=None, help="default: 1 with --device cuda, else 0")
-    slurm.add_argument("--cpus_per_task", type=int, default=4)
+    slurm = p.add_argument_group("SLURM (with --emit slurm; nothing in the scripts names this machine)")
+    slurm.add_argument("--gpus_per_task", type=int, default=None, help="default: 1, or 0 with --device cpu")
+    slurm.add_argument("--cpus_per_task", type=int, default=4, help="CPU cores of each task (its training's threads)")
     slurm.add_argument("--time", default="24:00:00", help="time limit of each task")
     slurm.add_argument("--partition", default=None)
     slurm.add_argument("--mem", default=None, help="memory per task, e.g. 16G")
     slurm.add_argument("--signal_seconds", type=int, default=300,
                        help="SIGTERM this long before the time limit: the task checkpoints and requeues itself")
-    p.epilog = ("Other flags, and everything after a bare --, go to every training "
-                "(e.g. --epochs 20 --meta_start 16 --lr_milestones 16 18, or --eval_every 5).")
+    slurm.add_argument("--python", default="python", help="the interpreter each task runs, as the nodes name it")
+    slurm.add_argument("--workdir", default=None,
+                       help="the repository on the nodes (default: where submit.sh runs sbatch, the repository "
+                            "the sweep was emitted from)")
+    slurm.add_argument("--setup", default=None,
+                       help="a shell line each task runs first, e.g. 'source ~/venv/bin/activate' or "
+                            "'module load cuda'")
     argv = sys.argv[1:] if argv is None else list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args, unknown = p.parse_known_args(argv[:split])
@@ -116,211 +82,53 @@ def parse_args(argv):
     return args
 
 
-def training_args(script, flags):
-    """The flags as ``script`` parses them, or a PlanError with argparse's message."""
-    parser = cifar_flags.build_parser(script, "", LOSSES[script])
-
-    def refuse(status=0, message=None):
-        raise PlanError(f"{script} refuses the training flags: {(message or '').strip()}")
-
-    parser.exit = refuse
-    return parser.parse_args(flags)
-
-
-def first_phase_key(script, args):
-    """Runs with equal keys compute the same first phase (see cifar_flags.check_init_from)."""
-    if not 1 <= args.meta_start < args.epochs:
-        return None
-    base = getattr(args, "loss", LOSSES[script][0])
-    return (cifar_flags.first_phase_loss(args.method, base, args.beta, args.max_m, args.gamma),
-            *(repr(getattr(args, k)) for k in cifar_flags.PHASE1_MUST_MATCH))
-
-
-def seconds_for(args, first_epoch, end_epoch, throughput):
-    """Training and evaluation time of 0-based epochs [first_epoch, end_epoch) at the measured images/s."""
-    classes = CIFAR_NUM_CLASSES[args.dataset]
-    images = sum(get_img_num_per_cls(args.dataset, args.imb_factor, args.num_meta * classes))
-    if args.max_train_batches:
-        images = min(images, args.max_train_batches * args.batch_size)
-    test_images = 10000 if not args.max_test_batches else min(10000, args.max_test_batches * args.test_batch_size)
-    second = throughput["metasaug"] if METHODS[args.method].meta_step else throughput["plain"]
-    return timing.estimated_seconds(args, first_epoch, end_epoch, (images / throughput["plain"], images / second),
-                                     test_images / throughput["evaluation"])
-
-
-def plan(args, throughput):
-    """The sweep's jobs in the order a single device runs them: each first phase right before its branches."""
-    table = TABLES[args.table]
-    dataset = table.dataset
-    rows = [ROWS[stem] for stem in table.stems if args.rows is None or stem in args.rows]
-    folder = Path(args.out_root) / args.table
-    jobs = []
-    for imb in args.imb or table.imb_factors:
-        for seed in args.seeds:
-            setting = f"imb{imb}_seed{seed}"
-            runs = []
-            for row in rows:
-                name = f"{args.table}_{dataset}_{row.stem}_{setting}"
-                run_flags = row.flags() + ["--dataset", dataset, "--num_classes", str(CIFAR_NUM_CLASSES[dataset]),
-                                     "--imb_factor", str(imb), "--seed", str(seed), "--lam", str(LAM[dataset]),
-                                     "--device", args.device, "--data_root", args.data_root or f"data/{dataset}",
-                                     "--save_name", name, "--out_dir", str(folder / name),
-                                     "--checkpoint_dir", str(folder / "checkpoints"), *args.extra]
-                runs.append(Job(name, row.script, run_flags, training_args(row.script, run_flags), "scratch",
-                                (row.stem,)))
-            groups = {}
-            for run in runs:
-                key = first_phase_key(run.script, run.args) if args.share else None
-                groups.setdefault(key if key is not None else run.name, []).append(run)
-            for members in groups.values():
-                if len(members) > 1:
-                    jobs.append(first_phase_job(members, folder, setting))
-                    for run in members:
-                        run.kind, run.after = "branch", jobs[-1].name
-                        run.flags = run.flags + ["--init_from", str(jobs[-1].phase1)]
-                        run.args = training_args(run.script, run.flags)
-                jobs += members
-    for job in jobs:
-        start = job.args.meta_start if job.kind == "branch" else 0
-        end = job.args.meta_start if job.kind == "first phase" else job.args.epochs
-        job.seconds = seconds_for(job.args, start, end, throughput) if throughput else 0.0
-    return jobs
-
-
-def first_phase_job(members, folder, setting):
-    """The job that trains the shared first phase: the first member's flags, stopping at --meta_start."""
-    lead = members[0]
-    name = f"{lead.name[:-len(setting)]}first_phase_{setting}"
-    renamed = {lead.name: name, str(folder / lead.name): str(folder / name)}
-    flags = [renamed.get(f, f) for f in lead.flags] + ["--first_phase_only"]
-    return Job(name, lead.script, flags, training_args(lead.script, flags), "first phase",
-               tuple(stem for run in members for stem in run.rows))
-
-
-def mark_progress(jobs):
-    """Set each job's state from what its files say; a PlanError where they belong to other flags."""
-    for job in jobs:
-        if job.kind == "first phase" and job.phase1.is_file():
-            job.state = "finished"
-        elif job.kind != "first phase" and job.result.is_file():
-            config = json.loads(job.result.read_text()).get("config", {})
-            clashes = flag_clashes(job.args, config, cifar_flags.RESUME_MUST_MATCH)
-            if clashes:
-                raise PlanError(f"{job.result} was written with other flags ({'; '.join(clashes)}); move it away "
-                                f"or choose another --out_root")
-            job.state = "finished"
-        elif job.checkpoint.is_file():
-            try:
-                check_resume(argparse.Namespace(**{**vars(job.args), "resume": job.checkpoint}),
-                             load_checkpoint(job.checkpoint), cifar_flags.RESUME_MUST_MATCH, job.script)
-            except CheckpointError as error:
-                raise PlanError(str(error)) from None
-            job.state = "interrupted"
-
-
-def summary(args, jobs, throughput, device, slots=1):
-    """The plan in a few lines: what runs, what is shared, how long, what is already done."""
-    first = [j for j in jobs if j.kind == "first phase"]
-    branches = [j for j in jobs if j.kind == "branch"]
-    scratch = [j for j in jobs if j.kind == "scratch"]
-    runs = len(branches) + len(scratch)
-    table = TABLES[args.table]
-    lines = [f"{args.table} ({table.dataset}): {runs} runs, imbalance {' '.join(map(str, args.imb or table.imb_factors))},"
-             f" seeds {' '.join(map(str, args.seeds))}; results in {Path(args.out_root) / args.table}"]
-    if throughput:
-        total = sum(j.seconds for j in jobs if j.state != "finished")
-        alone = sum(seconds_for(j.args, 0, j.args.epochs, throughput) for j in branches + scratch)
-        lines.append(f"  shared first phases: {len(first)} ({duration(sum(j.seconds for j in first))}), each "
-                     f"trained once for the rows branching from it: "
-                     + ("; ".join(sorted({'+'.join(j.rows) for j in first})) or "none"))
-        lines.append(f"  second phases branched from them: {len(branches)} ({duration(sum(j.seconds for j in branches))})")
-        lines.append(f"  runs from scratch: {len(scratch)} ({duration(sum(j.seconds for j in scratch))})")
-        saved = alone - sum(j.seconds for j in jobs)
-        at_once = "one run after another" if slots == 1 else f"up to {slots} runs at once (the sweep itself shorter)"
-        lines.append(f"  about {duration(total)} of {device} time left to train, {at_once}; without "
-                     f"shared first phases {duration(alone)} in all (sharing saves {duration(saved)}); at "
-                     f"{throughput['plain']:.0f} plain, {throughput['metasaug']:.0f} MetaSAug and "
-                     f"{throughput['evaluation']:.0f} evaluation images/s measured on {throughput['machine']}")
-    else:
-        lines.append(f"  {len(first)} shared first phases, {len(branches)} branches, {len(scratch)} runs from "
-                     f"scratch; no throughput measured for device '{device}' yet, so no time estimate")
-    every = jobs[0].args.eval_every if jobs else 1
-    lines.append("  evaluation: every epoch (released)" if every == 1 else
-                 f"  evaluation: every {every} first-phase epochs (--eval_every {every}), every second-phase "
-                 f"epoch and the last; 'best epoch' is over those")
-    count = {state: sum(j.state == state for j in jobs) for state in ("finished", "interrupted", "new")}
-    lines.append(f"  progress: {count['finished']} finished (skipped), {count['interrupted']} interrupted "
-                 f"(resumed from their checkpoints), {count['new']} to start")
-    return lines
-
-
-def base_command(args):
-    """The run_table.py command line of this sweep, without what only this invocation needs: what a
-    scheduler runs, with ``--run NAME``, for each job."""
-    command = [sys.executable, str(REPO / "tools" / "run_table.py"), args.table, "--seeds", *map(str, args.seeds),
-               "--device", args.device, "--out_root", args.out_root]
-    for flag, value in (("--imb", args.imb), ("--rows", args.rows)):
-        if value:
-            command += [flag, *map(str, value)]
-    if args.data_root:
-        command += ["--data_root", args.data_root]
-    if not args.share:
-        command.append("--no-share")
-    return command + (["--", *args.extra] if args.extra else [])
-
-
-def run_one(jobs, name):
-    """Run the job ``name`` alone (what each scheduler task does): skip it if finished, resume it if
-    interrupted, refuse it while its first phase has not finished."""
-    job = next((j for j in jobs if j.name == name), None)
-    if job is None:
-        raise PlanError(f"--run {name}: no such run in this sweep (see --verbose for the names)")
-    first = next((j for j in jobs if j.name == job.after), None)
-    if first is not None and first.state != "finished":
-        raise PlanError(f"--run {name} branches from {first.name}, whose first phase has not finished; run it first")
-    if job.state == "finished":
-        print(f"{name} has finished already: nothing to do", flush=True)
-        return 0
-    return sweep.run_local([job], 1, "cpu", duration, done=[first.name] if first else [])
-
-
 def main(argv=None):
     args = parse_args(argv)
-    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    slots = args.jobs if args.jobs is not None else (torch.cuda.device_count() if device == "cuda" else 1)
-    throughput = timing.measured_throughput(device, sweep.cpu_threads(slots) if device == "cpu" else None)
+    from tools import plan, sweep  # torch and the training code from here on
+    from cli import duration
+    from timing import measured_throughput
     try:
-        problem = sweep.check_slots(device, slots)
-        if problem:
-            raise PlanError(problem)
         if args.emit and (args.emit[0] not in ("slurm", "commands") or len(args.emit) != (2 if args.emit[0] ==
                                                                                                "slurm" else 1)):
-            raise PlanError("--emit takes 'slurm DIR' or 'commands'")
-        jobs = plan(args, throughput)
-        mark_progress(jobs)
-        if args.run:
-            return run_one(jobs, args.run)
-        if args.emit and args.emit[0] == "commands":
-            print("\n".join(sweep.emit_commands(base_command(args), jobs)))
-            return 0
-        if args.emit:
+            raise plan.PlanError("--emit takes 'slurm DIR' or 'commands'")
+        if args.emit:  # for other machines: nothing here is looked at, neither GPUs nor cores
+            device = "cpu" if args.device == "cpu" else "cuda"
+            throughput = measured_throughput(device, args.cpus_per_task if device == "cpu" else None)
+            jobs = plan.plan(args, throughput)
+            plan.mark_progress(jobs)
+            if args.emit[0] == "commands":
+                print("\n".join(sweep.emit_commands(plan.base_command(args, args.python), jobs)))
+                return 0
             resources = dict(gpus_per_task=args.gpus_per_task if args.gpus_per_task is not None else
                              int(device == "cuda"), cpus_per_task=args.cpus_per_task, time=args.time,
-                             partition=args.partition, mem=args.mem, signal_seconds=args.signal_seconds)
-            written = sweep.emit_slurm(args.emit[1], base_command(args), jobs, resources, Path.cwd())
-            print("\n".join(summary(args, jobs, throughput, device)))
+                             partition=args.partition, mem=args.mem, signal_seconds=args.signal_seconds,
+                             workdir=args.workdir, setup=args.setup)
+            written = sweep.emit_slurm(args.emit[1], plan.base_command(args, args.python), jobs, resources)
+            print("\n".join(plan.summary(args, jobs, throughput, device)))
             print(f"wrote {', '.join(str(p) for p in written)}; submit with: bash {written[-1]}")
             return 0
-    except (PlanError, ValueError) as error:
+        device = args.device if args.device != "auto" else "cuda" if sweep.visible_gpus() else "cpu"
+        per_gpu = args.runs_per_gpu if device == "cuda" else 1
+        slots = args.jobs if args.jobs is not None else (len(sweep.visible_gpus()) * per_gpu if device == "cuda"
+                                                         else 1)
+        problem = sweep.check_slots(device, slots, per_gpu)
+        if problem:
+            raise plan.PlanError(problem)
+        throughput = measured_throughput(device, sweep.cpu_threads(slots) if device == "cpu" else None)
+        jobs = plan.plan(args, throughput)
+        plan.mark_progress(jobs)
+        if args.run:
+            return plan.run_one(jobs, args.run)
+    except (plan.PlanError, ValueError) as error:
         print(f"run_table.py: error: {error}", file=sys.stderr)
         return 2
-    print("\n".join(summary(args, jobs, throughput, device, slots)), flush=True)
+    print("\n".join(plan.summary(args, jobs, throughput, device, slots)), flush=True)
     if args.verbose:
         for job in jobs:
             print(f"[{job.kind}, {job.state}] " + " ".join(job.command()[1:]))
     if args.dry_run:
         return 0
-    return sweep.run_local(jobs, slots, device, duration)
+    return sweep.run_local(jobs, slots, device, duration, per_gpu=per_gpu)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Running the jobs of a table sweep (tools/run_table.py): here, several at once, or on a SLURM cluster.
 
 - ``run_local``: up to ``slots`` trainings at once on this machine, each first phase before the branches
-  that start from it. On CUDA a job per visible GPU (``CUDA_VISIBLE_DEVICES``); on the CPU the cores are
-  split between the jobs (``OMP_NUM_THREADS``). With several slots each job's console output goes to
-  ``<out_dir>/console.log`` and the terminal gets one status line per job.
-- ``emit_slurm``: job-array scripts (first phases, then the runs that depend on them with
-  ``--dependency=afterok``), each array task a ``run_table.py ... --run NAME`` that skips a finished run
-  and resumes an interrupted one, so requeued (preempted, or timed out after checkpointing on the
-  pre-limit SIGTERM) tasks continue where they stopped.
+  that start from it. On CUDA ``per_gpu`` jobs per visible GPU (``CUDA_VISIBLE_DEVICES``: a ResNet-32 at
+  batch 100 leaves most of a GPU idle); the CPU cores are split between the jobs (``OMP_NUM_THREADS``).
+  With several slots each job's console output goes to ``<out_dir>/console.log`` and the terminal gets
+  one status line per job.
+- ``emit_slurm``: job-array scripts (first phases; the branches, which wait for them with
+  ``--dependency=afterok``; the runs from scratch, which do not), each array task a
+  ``run_table.py ... --run NAME`` that skips a finished run and resumes an interrupted one, so requeued
+  (preempted, or timed out after checkpointing on the pre-limit SIGTERM) tasks continue where they
+  stopped. Nothing in them names this machine: paths are relative to the repository on the nodes.
 """
 import json
 import os
@@ -18,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cli import EXIT_RESUMABLE
 
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) .*\| ETA (.+)$")
 
@@ -46,32 +50,39 @@ def cpu_threads(slots):
     return torch.get_num_threads()
 
 
-def slot_environments(device, slots):
-    """One environment per slot: a GPU each on CUDA, an equal share of the cores on the CPU."""
+def slot_environments(device, slots, per_gpu=1):
+    """One environment per slot: on CUDA a visible GPU for every ``per_gpu`` slots; an equal share of the
+    cores each wherever several slots run."""
+    share = str(cpu_threads(slots))
+    threads = {} if slots == 1 else {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
     if device == "cuda":
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        gpus = visible.split(",") if visible else [str(i) for i in range(_cuda_count())]
-        return [{**os.environ, "CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus[:slots]]
-    if slots == 1:
-        return [dict(os.environ)]
-    threads = str(cpu_threads(slots))
-    return [{**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(slots)]
+        gpus = visible_gpus()
+        return [{**os.environ, **threads, "CUDA_VISIBLE_DEVICES": gpus[slot // per_gpu]} for slot in range(slots)]
+    return [{**os.environ, **threads} for _ in range(slots)]
 
 
-def _cuda_count():
+def visible_gpus():
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return visible.split(",")
     import torch
-    return torch.cuda.device_count()
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def check_slots(device, slots):
-    """A one-line reason why ``slots`` jobs cannot run at once here, or None."""
+def check_slots(device, slots, per_gpu=1):
+    """A one-line reason why ``slots`` jobs cannot run at once here, ``per_gpu`` to a GPU, or None."""
+    if per_gpu < 1:
+        return f"--runs_per_gpu must be at least 1, got {per_gpu}"
+    count = len(visible_gpus()) if device == "cuda" else None
+    if count == 0:
+        return ("--device cuda, but no GPU is visible here; use --device cpu, or --emit slurm DIR to run the "
+                "sweep on a cluster's GPUs")
     if slots < 1:
         return f"--jobs must be at least 1, got {slots}"
     if device == "cuda":
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        count = len(visible.split(",")) if visible else _cuda_count()
-        if slots > count:
-            return f"--jobs {slots} needs {slots} GPUs, but {count} are visible; lower --jobs"
+        if slots > count * per_gpu:
+            return (f"--jobs {slots} needs {-(-slots // per_gpu)} GPUs at --runs_per_gpu {per_gpu}, but {count} "
+                    f"are visible; lower --jobs or raise --runs_per_gpu")
     elif slots > (os.cpu_count() or 1):
         return (f"--jobs {slots} on the CPU would run more threads than the {os.cpu_count()} cores; "
                 f"use at most --jobs {os.cpu_count()}")
@@ -95,16 +106,16 @@ def _eta_seconds(text):
     return float(number) * (3600 if unit == "h" else 60)
 
 
-def run_local(jobs, slots, device, duration, status_every=60.0, done=()):
-    """Run the unfinished jobs, up to ``slots`` at once; a branch starts once its first phase has finished
-    (one of ``jobs``, or named in ``done``). Returns the exit code: 0, the first failure's, or 128 + signal
-    after Ctrl-C / SIGTERM."""
+def run_local(jobs, slots, device, duration, status_every=60.0, done=(), per_gpu=1):
+    """Run the unfinished jobs, up to ``slots`` at once (``per_gpu`` to a GPU); a branch starts once its first
+    phase has finished (one of ``jobs``, or named in ``done``). Returns the exit code: 0, the first failure's,
+    128 + signal after Ctrl-C / SIGTERM, or EXIT_RESUMABLE when a training passed --stop_after stopped."""
     interrupt = Interrupt()
-    environments = slot_environments(device, slots)
+    environments = slot_environments(device, slots, per_gpu)
     quiet = slots > 1
     pending = [job for job in jobs if job.state != "finished"]
     finished = {job.name for job in jobs if job.state == "finished"} | set(done)
-    failed, running = {}, {}  # slot -> (job, process, log handle)
+    failed, running, stopped = {}, {}, []  # running: slot -> (job, process, log handle)
     last_status = 0.0
     while pending or running:
         if interrupt.signal is None:
@@ -129,6 +140,11 @@ def run_local(jobs, slots, device, duration, status_every=60.0, done=()):
                 job.state = "finished"
                 finished.add(job.name)
                 print(f"== done {job.name}", flush=True)
+            elif code == EXIT_RESUMABLE and interrupt.signal is None:  # --stop_after: checkpointed
+                stopped.append(job.name)
+                print(f"== stopped {job.name} (--stop_after): re-run the same command to continue", flush=True)
+                for j in [j for j in pending if j.after == job.name]:
+                    pending.remove(j)
             elif interrupt.signal is None:
                 failed[job.name] = code
                 print(f"{job.name} failed with exit code {code}" + (f"; see {job.console}" if quiet else "")
@@ -149,7 +165,7 @@ def run_local(jobs, slots, device, duration, status_every=60.0, done=()):
         return 128 + interrupt.signal
     if failed:
         return next(iter(failed.values()))
-    return 0
+    return EXIT_RESUMABLE if stopped else 0
 
 
 def _start(job, environment, quiet):
@@ -201,13 +217,17 @@ def emit_commands(base_command, jobs):
     return [job_command(base_command, job) for job in ordered if job.state != "finished"]
 
 
-def emit_slurm(folder, base_command, jobs, resources, workdir):
-    """Write the sweep's SLURM files to ``folder``; a ValueError if it holds another sweep or other files.
-    Returns the files written."""
+ARRAYS = (("first_phases", "first phase"), ("branches", "branch"), ("scratch", "scratch"))  # file stem, Job.kind
+
+
+def emit_slurm(folder, base_command, jobs, resources):
+    """Write the sweep's SLURM files to ``folder`` (a path relative to the repository, where the emitting
+    command runs, or absolute); a ValueError if it holds another sweep or other files. Returns the files
+    written."""
     folder = Path(folder)
-    first = [job_command(base_command, j) for j in jobs if j.kind == "first phase" and j.state != "finished"]
-    rest = [job_command(base_command, j) for j in jobs if j.kind != "first phase" and j.state != "finished"]
-    manifest = dict(command=shlex.join(base_command), first_phases=first, runs=rest, resources=resources)
+    lists = {name: [job_command(base_command, j) for j in jobs if j.kind == kind and j.state != "finished"]
+             for name, kind in ARRAYS}
+    manifest = dict(command=shlex.join(base_command), **lists, resources=resources)
     if folder.exists():
         existing = folder / "sweep.json"
         if not existing.is_file():
@@ -218,32 +238,31 @@ def emit_slurm(folder, base_command, jobs, resources, workdir):
     (folder / "logs").mkdir(parents=True, exist_ok=True)
     written = [folder / "sweep.json"]
     written[0].write_text(json.dumps(manifest, indent=1) + "\n")
-    arrays = []
-    for name, commands in (("first_phases", first), ("runs", rest)):
-        if not commands:
+    back = os.path.relpath(Path.cwd().resolve(), folder.resolve())
+    submit = ["#!/usr/bin/env bash",
+              "# Submit the sweep: the first phases; the branches, which wait for them; the runs from scratch.",
+              "set -euo pipefail", f'cd "$(dirname "$0")"/{shlex.quote(back)}  # the repository (sbatch runs from here)']
+    for name, _ in ARRAYS:
+        if not lists[name]:
             continue
-        (folder / f"{name}.txt").write_text("\n".join(commands) + "\n")
-        (folder / f"{name}.sbatch").write_text(_sbatch(name, len(commands), folder, resources, workdir))
+        (folder / f"{name}.txt").write_text("\n".join(lists[name]) + "\n")
+        (folder / f"{name}.sbatch").write_text(_sbatch(name, len(lists[name]), folder, resources))
         written += [folder / f"{name}.txt", folder / f"{name}.sbatch"]
-        arrays.append(name)
-    submit = ["#!/usr/bin/env bash", "# Submit the sweep: first phases, then the runs, which wait for them.",
-              "set -euo pipefail", 'cd "$(dirname "$0")"']
-    if "first_phases" in arrays:
-        submit.append("first=$(sbatch --parsable first_phases.sbatch)")
-        submit.append('echo "first phases: job $first"')
-    if "runs" in arrays:
-        dependency = ' --dependency=afterok:"${first%%;*}"' if "first_phases" in arrays else ""
-        submit.append(f"runs=$(sbatch --parsable{dependency} runs.sbatch)")
-        submit.append('echo "runs: job $runs"')
+        after = ' --dependency=afterok:"${first_phases%%;*}"' if name == "branches" and lists["first_phases"] else ""
+        submit.append(f"{name}=$(sbatch --parsable{after} {shlex.quote(str(folder / (name + '.sbatch')))})")
+        submit.append(f'echo "{name.replace("_", " ")}: job ${name}"')
     (folder / "submit.sh").write_text("\n".join(submit) + "\n")
     return written + [folder / "submit.sh"]
 
 
-def _sbatch(name, count, folder, resources, workdir):
+def _sbatch(name, count, folder, resources):
+    workdir = resources["workdir"]
     lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name=metasaug-{name}", f"#SBATCH --array=0-{count - 1}",
-             f"#SBATCH --output={folder.resolve() / 'logs'}/{name}_%A_%a.out",
+             f"#SBATCH --output={folder / 'logs'}/{name}_%A_%a.out",
              f"#SBATCH --cpus-per-task={resources['cpus_per_task']}", f"#SBATCH --time={resources['time']}",
              "#SBATCH --requeue", f"#SBATCH --signal=B:TERM@{resources['signal_seconds']}"]
+    if workdir:
+        lines.append(f"#SBATCH --chdir={workdir}")
     if resources["gpus_per_task"]:
         lines.append(f"#SBATCH --gres=gpu:{resources['gpus_per_task']}")
     if resources["mem"]:
@@ -253,9 +272,10 @@ def _sbatch(name, count, folder, resources, workdir):
     lines += [
         "# Each task runs one line of the list: a finished run is skipped, an interrupted one resumes. Before the",
         "# time limit SLURM sends SIGTERM: the training writes its checkpoint and the task requeues itself.",
-        f"cd {shlex.quote(str(workdir))}",
+        f"cd {shlex.quote(workdir)}" if workdir else 'cd "${SLURM_SUBMIT_DIR:-.}"  # the repository: submit.sh runs sbatch there',
+        *([resources["setup"]] if resources["setup"] else []),
         'export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}',
-        f"mapfile -t commands < {shlex.quote(str(folder.resolve() / (name + '.txt')))}",
+        f"mapfile -t commands < {shlex.quote(str(folder / (name + '.txt')))}",
         'eval "exec ${commands[$SLURM_ARRAY_TASK_ID]}" &',
         "child=$!",
         "trap 'stopping=1; kill -TERM $child 2>/dev/null' TERM",

@@ -1,0 +1,235 @@
+"""The plan of a table sweep (tools/run_table.py): its trainings, which first phases they share, how long
+they take, and what of them is already done."""
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import MetaSAug_CE_train  # noqa: E402
+import MetaSAug_LDAM_train  # noqa: E402
+import cifar_flags  # noqa: E402
+import timing  # noqa: E402
+from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from cli import check_resume, duration, flag_clashes  # noqa: E402
+from data_utils import CIFAR_NUM_CLASSES, get_img_num_per_cls  # noqa: E402
+from methods import CE_SCRIPT, LDAM_SCRIPT, METHODS, ROWS, TABLES  # noqa: E402
+from tools import sweep  # noqa: E402
+
+LOSSES = {CE_SCRIPT: MetaSAug_CE_train.LOSSES, LDAM_SCRIPT: MetaSAug_LDAM_train.LOSSES}
+LAM = {"cifar10": 0.25, "cifar100": 0.75}  # the released default and the released CIFAR-100 command
+
+
+class PlanError(ValueError):
+    """A sweep that cannot start as asked; the message says why and what to do."""
+
+
+@dataclass
+class Job:
+    """One training process of the sweep."""
+    name: str
+    script: str
+    flags: list          # the training flags, without --resume
+    args: argparse.Namespace  # the flags as the training script parses them
+    kind: str            # "first phase" (--first_phase_only), "branch" (--init_from) or "scratch"
+    rows: tuple          # the row stems it serves
+    after: str = None    # the first-phase job a branch waits for
+    seconds: float = 0.0  # estimated duration
+    state: str = "new"   # "new", "interrupted" (resumed) or "finished" (skipped)
+
+    @property
+    def checkpoint(self):
+        return Path(self.args.checkpoint_dir) / f"{self.name}_ckpt.pth.tar"
+
+    @property
+    def phase1(self):
+        return Path(self.args.checkpoint_dir) / f"{self.name}_phase1.pth.tar"
+
+    @property
+    def result(self):
+        return Path(self.args.out_dir) / "result.json"
+
+    @property
+    def console(self):
+        """Where the job's console output goes when several jobs run at once."""
+        return Path(self.args.out_dir) / "console.log"
+
+    def command(self):
+        resume = ["--resume", str(self.checkpoint)] if self.state == "interrupted" else []
+        return [sys.executable, str(REPO / self.script), *self.flags, *resume]
+
+
+def training_args(script, flags):
+    """The flags as ``script`` parses them, or a PlanError with argparse's message."""
+    parser = cifar_flags.build_parser(script, "", LOSSES[script])
+
+    def refuse(status=0, message=None):
+        raise PlanError(f"{script} refuses the training flags: {(message or '').strip()}")
+
+    parser.exit = refuse
+    return parser.parse_args(flags)
+
+
+def first_phase_key(script, args):
+    """Runs with equal keys compute the same first phase (see cifar_flags.check_init_from)."""
+    if not 1 <= args.meta_start < args.epochs:
+        return None
+    base = getattr(args, "loss", LOSSES[script][0])
+    return (cifar_flags.first_phase_loss(args.method, base, args.beta, args.max_m, args.gamma),
+            *(repr(getattr(args, k)) for k in cifar_flags.PHASE1_MUST_MATCH))
+
+
+def seconds_for(args, first_epoch, end_epoch, throughput):
+    """Training and evaluation time of 0-based epochs [first_epoch, end_epoch) at the measured images/s."""
+    classes = CIFAR_NUM_CLASSES[args.dataset]
+    images = sum(get_img_num_per_cls(args.dataset, args.imb_factor, args.num_meta * classes))
+    if args.max_train_batches:
+        images = min(images, args.max_train_batches * args.batch_size)
+    test_images = 10000 if not args.max_test_batches else min(10000, args.max_test_batches * args.test_batch_size)
+    second = throughput["metasaug"] if METHODS[args.method].meta_step else throughput["plain"]
+    return timing.estimated_seconds(args, first_epoch, end_epoch, (images / throughput["plain"], images / second),
+                                     test_images / throughput["evaluation"])
+
+
+def plan(args, throughput):
+    """The sweep's jobs in the order a single device runs them: each first phase right before its branches."""
+    table = TABLES[args.table]
+    dataset = table.dataset
+    rows = [ROWS[stem] for stem in table.stems if args.rows is None or stem in args.rows]
+    folder = Path(args.out_root) / args.table
+    jobs = []
+    for imb in args.imb or table.imb_factors:
+        for seed in args.seeds:
+            setting = f"imb{imb}_seed{seed}"
+            runs = []
+            for row in rows:
+                name = f"{args.table}_{dataset}_{row.stem}_{setting}"
+                run_flags = row.flags() + ["--dataset", dataset, "--num_classes", str(CIFAR_NUM_CLASSES[dataset]),
+                                     "--imb_factor", str(imb), "--seed", str(seed), "--lam", str(LAM[dataset]),
+                                     "--device", args.device, "--data_root", args.data_root or f"data/{dataset}",
+                                     "--save_name", name, "--out_dir", str(folder / name),
+                                     "--checkpoint_dir", str(folder / "checkpoints"), *args.extra]
+                runs.append(Job(name, row.script, run_flags, training_args(row.script, run_flags), "scratch",
+                                (row.stem,)))
+            groups = {}
+            for run in runs:
+                key = first_phase_key(run.script, run.args) if args.share else None
+                groups.setdefault(key if key is not None else run.name, []).append(run)
+            for members in groups.values():
+                if len(members) > 1:
+                    jobs.append(first_phase_job(members, folder, setting))
+                    for run in members:
+                        run.kind, run.after = "branch", jobs[-1].name
+                        run.flags = run.flags + ["--init_from", str(jobs[-1].phase1)]
+                        run.args = training_args(run.script, run.flags)
+                jobs += members
+    for job in jobs:
+        start = job.args.meta_start if job.kind == "branch" else 0
+        end = job.args.meta_start if job.kind == "first phase" else job.args.epochs
+        job.seconds = seconds_for(job.args, start, end, throughput) if throughput else 0.0
+    return jobs
+
+
+def first_phase_job(members, folder, setting):
+    """The job that trains the shared first phase: the first member's flags, stopping at --meta_start."""
+    lead = members[0]
+    name = f"{lead.name[:-len(setting)]}first_phase_{setting}"
+    renamed = {lead.name: name, str(folder / lead.name): str(folder / name)}
+    flags = [renamed.get(f, f) for f in lead.flags] + ["--first_phase_only"]
+    return Job(name, lead.script, flags, training_args(lead.script, flags), "first phase",
+               tuple(stem for run in members for stem in run.rows))
+
+
+def mark_progress(jobs):
+    """Set each job's state from what its files say; a PlanError where they belong to other flags."""
+    for job in jobs:
+        if job.kind == "first phase" and job.phase1.is_file():
+            job.state = "finished"
+        elif job.kind != "first phase" and job.result.is_file():
+            config = json.loads(job.result.read_text()).get("config", {})
+            clashes = flag_clashes(job.args, config, cifar_flags.RESUME_MUST_MATCH)
+            if clashes:
+                raise PlanError(f"{job.result} was written with other flags ({'; '.join(clashes)}); move it away "
+                                f"or choose another --out_root")
+            job.state = "finished"
+        elif job.checkpoint.is_file():
+            try:
+                check_resume(argparse.Namespace(**{**vars(job.args), "resume": job.checkpoint}),
+                             load_checkpoint(job.checkpoint), cifar_flags.RESUME_MUST_MATCH, job.script)
+            except CheckpointError as error:
+                raise PlanError(str(error)) from None
+            job.state = "interrupted"
+
+
+def summary(args, jobs, throughput, device, slots=1):
+    """The plan in a few lines: what runs, what is shared, how long, what is already done."""
+    first = [j for j in jobs if j.kind == "first phase"]
+    branches = [j for j in jobs if j.kind == "branch"]
+    scratch = [j for j in jobs if j.kind == "scratch"]
+    runs = len(branches) + len(scratch)
+    table = TABLES[args.table]
+    hardware = "GPU" if device == "cuda" else "CPU"
+    lines = [f"{args.table} ({table.dataset}): {runs} runs from {len(jobs)} trainings ({len(first)} shared first "
+             f"phases), imbalance {' '.join(map(str, args.imb or table.imb_factors))}, seeds "
+             f"{' '.join(map(str, args.seeds))}; results in {Path(args.out_root) / args.table}"]
+    if throughput:
+        total = sum(j.seconds for j in jobs if j.state != "finished")
+        alone = sum(seconds_for(j.args, 0, j.args.epochs, throughput) for j in branches + scratch)
+        lines.append(f"  shared first phases: {len(first)} ({duration(sum(j.seconds for j in first))}), each "
+                     f"trained once for the rows branching from it: "
+                     + ("; ".join(sorted({'+'.join(j.rows) for j in first})) or "none"))
+        lines.append(f"  second phases branched from them: {len(branches)} ({duration(sum(j.seconds for j in branches))})")
+        lines.append(f"  runs from scratch: {len(scratch)} ({duration(sum(j.seconds for j in scratch))})")
+        saved = alone - sum(j.seconds for j in jobs)
+        at_once = "one training after another" if slots == 1 else f"up to {slots} at once (the sweep itself shorter)"
+        lines.append(f"  about {duration(total)} of {hardware} time left to train ({hardware}-hours of one training "
+                     f"per {hardware}), {at_once}; without shared first phases {duration(alone)} in all (sharing "
+                     f"saves {duration(saved)}); at {throughput['plain']:.0f} plain, {throughput['metasaug']:.0f} "
+                     f"MetaSAug and {throughput['evaluation']:.0f} evaluation images/s measured on "
+                     f"{throughput['machine']}")
+    else:
+        lines.append(f"  {len(branches)} branches, {len(scratch)} runs from scratch; no throughput measured for "
+                     f"device '{device}' yet, so no time estimate")
+    every = jobs[0].args.eval_every if jobs else 1
+    lines.append("  evaluation: every epoch (released)" if every == 1 else
+                 f"  evaluation: every {every} first-phase epochs (--eval_every {every}), every second-phase "
+                 f"epoch and the last; 'best epoch' is over those")
+    count = {state: sum(j.state == state for j in jobs) for state in ("finished", "interrupted", "new")}
+    lines.append(f"  progress: of the {len(jobs)} trainings {count['finished']} finished (skipped), "
+                 f"{count['interrupted']} interrupted (resumed from their checkpoints), {count['new']} to start")
+    return lines
+
+
+def base_command(args, python=None):
+    """The run_table.py command line of this sweep, without what only this invocation needs: what a
+    scheduler runs, with ``--run NAME``, for each job. With ``python`` (an emitted sweep), the interpreter
+    by that name and the script relative to the repository, where the job starts: nothing of this machine."""
+    script = [python, "tools/run_table.py"] if python else [sys.executable, str(REPO / "tools" / "run_table.py")]
+    command = [*script, args.table, "--seeds", *map(str, args.seeds), "--device", args.device, "--out_root",
+               args.out_root]
+    for flag, value in (("--imb", args.imb), ("--rows", args.rows)):
+        if value:
+            command += [flag, *map(str, value)]
+    if args.data_root:
+        command += ["--data_root", args.data_root]
+    if not args.share:
+        command.append("--no-share")
+    return command + (["--", *args.extra] if args.extra else [])
+
+
+def run_one(jobs, name):
+    """Run the job ``name`` alone (what each scheduler task does): skip it if finished, resume it if
+    interrupted, refuse it while its first phase has not finished."""
+    job = next((j for j in jobs if j.name == name), None)
+    if job is None:
+        raise PlanError(f"--run {name}: no such run in this sweep (see --verbose for the names)")
+    first = next((j for j in jobs if j.name == job.after), None)
+    if first is not None and first.state != "finished":
+        raise PlanError(f"--run {name} branches from {first.name}, whose first phase has not finished; run it first")
+    if job.state == "finished":
+        print(f"{name} has finished already: nothing to do", flush=True)
+        return 0
+    return sweep.run_local([job], 1, "cpu", duration, done=[first.name] if first else [])
