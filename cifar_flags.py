@@ -171,6 +171,10 @@ def build_parser(prog, description, losses):
 
 def validate_args(args):
     """Check the flags and fill the defaults that depend on others; UsageError on a value that cannot work."""
+    other = next((name for name, count in CIFAR_NUM_CLASSES.items() if count == args.num_classes), args.dataset)
+    if other != args.dataset:  # a run recorded as one dataset, trained on another
+        raise UsageError(f"--num_classes {args.num_classes} is {other}'s class count but --dataset is {args.dataset}; "
+                         f"pass --dataset {other} (the class count follows from it)")
     args.num_classes = args.num_classes or CIFAR_NUM_CLASSES[args.dataset]
     args.out_dir = args.out_dir or str(Path("runs") / args.save_name)
     require(args, positive=("batch_size", "test_batch_size", "epochs", "num_classes", "print_freq", "eval_every"),

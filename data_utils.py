@@ -318,8 +318,10 @@ def build_dataset(data_root, dataset='cifar10', num_meta=10, imb_factor=0.01, pr
         raise DataError(f'unknown long-tail subset {subset!r}; use one of {", ".join(SUBSETS)}')
     found = count_classes(data_root, dataset, download)
     if num_classes is not None and num_classes != found:
-        raise DataError(f'--data_root {data_root} holds {found} classes but --num_classes is '
-                        f'{num_classes}; pass --num_classes {found} or fix the data')
+        cifar = next((name for name, count in CIFAR_NUM_CLASSES.items() if count == found), None)
+        fix = f'--dataset {cifar}' if cifar not in (None, dataset) else f'--num_classes {found}'
+        raise DataError(f'--data_root {data_root} holds {found} classes but --num_classes is {num_classes} '
+                        f'(--dataset {dataset}); pass {fix} or fix the data')
     train_images, train_labels, class_names = load_split(data_root, 'train', dataset, download, workers)
     test_images, test_labels, test_names = load_split(data_root, 'test', dataset, download, workers)
     if test_names != class_names:

@@ -249,9 +249,14 @@ class Run:
             self.log(f"branching at epoch {state.epoch + 1} from the first phase in {args.init_from}")
         total = self.remaining_seconds(state.epoch)
         if total is not None:
-            source = ("this run's own timing" if any("train_time_s" in h for h in state.history) else
+            timed_here = any("train_time_s" in h and h.get("device") == str(self.device) for h in state.history)
+            source = ("this run's own timing on this device" if timed_here else
                       f"the throughput measured on {measured_throughput(self.device.type)['machine']} "
                       f"(throughput.json); the ETA of each epoch line uses this run's timing")
+            if self.device.type == "cpu":
+                threads = torch.get_num_threads()
+                source += (f"; on {threads} CPU thread{'s' * (threads != 1)} (OMP_NUM_THREADS sets the count; other "
+                           f"work on this machine slows the run)")
             self.log(f"expected: about {duration(total)} for epochs {state.epoch + 1}-{self.last_epoch} "
                      f"({', '.join(self.phase_plan(state.epoch))}), from {source}")
         for epoch in range(state.epoch, self.last_epoch):

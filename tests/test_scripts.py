@@ -308,7 +308,10 @@ TRAIN_BAD_INPUTS = {
     "imb-factor-0": (["--imb_factor", "0"], r"--imb_factor must be in \(0, 1\]"),
     "imb-factor-1.5": (["--imb_factor", "1.5"], r"--imb_factor must be in \(0, 1\]"),
     "num-meta-too-large": (["--num_meta", "40"], r"has 40 training images but --num_meta 40 needs at least 41"),
-    "num-classes-disagree": (["--num_classes", "5"], r"holds 4 classes but --num_classes is 5"),
+    "num-classes-disagree": (["--num_classes", "5"], r"holds 4 classes but --num_classes is 5 \(--dataset "
+                                                     r"cifar100\); pass --num_classes 4"),
+    "num-classes-of-another-dataset": (["--num_classes", "10"], r"--num_classes 10 is cifar10's class count but "
+                                                                r"--dataset is cifar100; pass --dataset cifar10"),
     "unknown-dataset": (["--dataset", "imagenet"], r"argument --dataset: invalid choice: 'imagenet'"),
     "resume-missing": (["--resume", "{inputs}/nope.pth.tar"], r"nope\.pth\.tar does not exist"),
     "resume-truncated": (["--resume", "{inputs}/truncated.pth.tar"], r"not a readable PyTorch checkpoint"),
@@ -353,6 +356,18 @@ def test_training_bad_input(case, tree4, tmp_path, bad_inputs, capsys):
     assert err.startswith(f"{CE}: error: ")
     assert shown == []
     assert snapshot(tmp_path) == before  # no checkpoint_dir, no out_dir, inputs untouched
+
+
+def test_cifar10_data_under_the_default_dataset_is_told_to_pass_dataset_cifar10(tree10, tmp_path, capsys):
+    """The released default --dataset is cifar100: its advice must lead to a run recorded as cifar10."""
+    argv = train_flags(tree10, tmp_path, num_classes=10)
+    argv.pop(argv.index("--num_classes") + 1)
+    argv.remove("--num_classes")
+    before = snapshot(tmp_path)
+    code, err, _ = call_main(ce_main, argv, capsys)
+    assert_one_line_error(code, err, r"holds 10 classes but --num_classes is 100 \(--dataset cifar100\); pass "
+                                     r"--dataset cifar10 or fix the data")
+    assert snapshot(tmp_path) == before
 
 
 def test_test_script_refuses_flags_that_contradict_the_checkpoint(ce_run, tree10, tmp_path, capsys):

@@ -26,7 +26,21 @@ sys.path.insert(0, str(REPO))
 
 from methods import TABLES, large_scale_cells, row_name  # noqa: E402
 
-PROTOCOL_KEYS = ("epochs", "meta_start", "lr_milestones", "batch_size", "lam", "max_train_batches", "eval_every")
+# The full released protocol (lam: the released commands' per dataset); a run's protocol is said as this plus
+# what it changes.
+FULL_PROTOCOL = dict(epochs=200, meta_start=160, lr_milestones=[160, 180], batch_size=100, max_train_batches=None,
+                     eval_every=1)
+RELEASED_LAM = {"cifar10": 0.25, "cifar100": 0.75}
+
+
+def protocol_of(config, tested, whole):
+    """The released schedule, then every key of FULL_PROTOCOL the run changed, and the test images."""
+    full = dict(FULL_PROTOCOL, lam=RELEASED_LAM[config["dataset"]])
+    changed = [f"{k} {config.get(k, default)}" for k, default in full.items() if config.get(k, default) != default]
+    text = (f"released schedule (200 epochs, second phase from 161, lr x0.01 at 160 and 180, batch 100, lam "
+            f"{full['lam']})")
+    return (text + "".join(f", {c}" for c in changed) + f", test images {tested}"
+            + ("" if tested == whole else f" of {whole} {PARTIAL}"))
 CIFAR_TEST_IMAGES = 10000
 PARTIAL = "†"
 
@@ -44,8 +58,7 @@ def load_runs(folder):
             continue
         config = result["config"]
         tested, whole = test_images(result)
-        protocol = ", ".join(f"{k} {config.get(k, 1 if k == 'eval_every' else None)}" for k in PROTOCOL_KEYS)
-        protocol += f", test images {tested}" + ("" if tested == whole else f" of {whole} {PARTIAL}")
+        protocol = protocol_of(config, tested, whole)
         runs.append(dict(row=row_name(config.get("method", "metasaug"), result["base_loss"],
                                       config.get("recipe", "released")),
                          dataset=config["dataset"], imbalance=round(1 / config["imb_factor"]), protocol=protocol,
