@@ -27,7 +27,8 @@ MUST_MATCH = {
     **dict.fromkeys(("compile", "test_batch_size"), "first phase"),
 }
 FREE = ("no_cuda", "split", "print_freq", "gpu", "save_name", "idx", "data_root", "download", "device", "workers",
-        "checkpoint_dir", "out_dir", "resume", "overwrite", "stop_after", "init_from", "first_phase_only", "meta_gradient", "help")
+        "checkpoint_dir", "out_dir", "resume", "overwrite", "stop_after", "init_from", "first_phase_only",
+        "meta_gradient", "help")
 RESUME_MUST_MATCH = tuple(name for name, scope in MUST_MATCH.items() if scope != "first phase")
 PHASE1_MUST_MATCH = tuple(name for name, scope in MUST_MATCH.items() if scope != "run")
 

@@ -265,7 +265,8 @@ class MetaStepMonitor:
             return [value / count if count else None for value, count in zip(sums, counts)]
         result = dict(meta_step_steps=int(steps), meta_step_loss_change=loss_change / steps,
                       meta_step_relative_loss_change=relative_loss_change / steps)
-        for key, per_class in (("shift", means(shift, counted)), ("shift_vs_estimator", means(vs_update, counted_update))):
+        for key, per_class in (("shift", means(shift, counted)),
+                               ("shift_vs_estimator", means(vs_update, counted_update))):
             seen = [value for value in per_class if value is not None]
             result.update({f"meta_step_{key}_mean": sum(seen) / len(seen) if seen else None,
                            f"meta_step_{key}_max": max(seen) if seen else None,

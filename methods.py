@@ -76,7 +76,9 @@ ROWS = {row.stem: row for row in (
     Row("isda", "MetaSAug w/o meta-learning", CE_SCRIPT, "isda", "ce"),
 )}
 # Rows a method and base loss give outside the paper's tables, named for the report.
-EXTRA_ROW_NAMES = {("cb", "ldam"): "Class-balanced LDAM loss", ("drw", "ce"): "CE-DRW", ("drw", "focal"): "Focal-DRW"}
+EXTRA_ROW_NAMES = {("cb", "ldam"): "Class-balanced LDAM loss", ("drw", "ce"): "CE-DRW", ("drw", "focal"): "Focal-DRW",
+                   ("plain", "la"): "Logit-adjusted CE (Menon et al. 2021; not in the paper)",
+                   ("metasaug", "la"): "MetaSAug with logit-adjusted CE (not in the paper)"}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_utils import CIFAR_MEAN, CIFAR_STD, LongTailData, build_dataset, long_tail_counts  # noqa: E402
 from loss import MetaSAugLoss  # noqa: E402
 from resnet import ResNet32  # noqa: E402
-from cli import git_commit  # noqa: E402
+from cli import OneLineParser, git_commit  # noqa: E402
 from meta_layers import augmentation_ratio  # noqa: E402
 from cifar_flags import build_parser  # noqa: E402
 from trainer import Run, learning_rate  # noqa: E402
@@ -456,10 +456,10 @@ def report(results, settings, info):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="bench_train.py", description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
                    help="default: cuda where available")
-    p.add_argument("--data_root", "--data-root", default=None,
+    p.add_argument("--data_root", default=None,
                    help="image folders {train,test}/<class>/* or CIFAR python files, split as CIFAR-10-LT "
                         "(imbalance 100); default: synthetic images of the same size")
     p.add_argument("--synthetic-train-size", type=int, default=None,
@@ -474,7 +474,7 @@ def parse_args(argv=None):
                    help="batches timed by the data and epoch figures, extrapolated to an epoch (default: all)")
     p.add_argument("--released-design", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the released design (default: on)")
-    p.add_argument("--channels_last", "--channels-last", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="our network and batches in channels_last (default: trainer.py's default)")
     p.add_argument("--amp", action="store_true",
                    help="ours with trainer.py's --amp (bf16 autocast); the released design stays in float32")

@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from PIL import Image
 
 import cifar_flags
 import trainer
-from conftest import make_tree, train_flags
+from conftest import CE, make_tree, run_together, train_flags
 from data_utils import CAO2019_MEAN, CAO2019_STD, build_dataset
 from MetaSAug_CE_train import LOSSES
 from resnet import NormedLinear
@@ -83,6 +84,31 @@ def test_report_prints_only_what_has_runs(runs, capsys):
     assert "±" not in metasaug_row  # one run has no spread to show
     assert "test images 40" in text and "†" not in text  # the whole (tiny) test set
     assert "per seed" not in text  # one seed per cell: nothing to list
+
+
+def test_report_study_table_pairs_each_arm_with_isda_by_branch_seed(runs, tree4, tmp_path, capsys):
+    """Runs under a study/ folder are the meta-step study's arms: a table of their own, not paper rows."""
+    root, _ = runs
+    study = tmp_path / "results" / "study"
+    arms = {"isda_b0": ["--method", "isda"], "isda_b1": ["--method", "isda", "--branch_seed", 1],
+            "released_b0": [], "gamma100_b0": ["--meta_lr", 100], "gamma100_b1": ["--meta_lr", 100, "--branch_seed", 1]}
+    procs = run_together([(CE, train_flags(tree4, tmp_path / name, name=name) + ["--out_dir", study / name, *extra])
+                          for name, extra in arms.items()], tmp_path)
+    assert all(proc.returncode == 0 for proc in procs), [proc.stderr for proc in procs]
+    shutil.copytree(root / "runs", tmp_path / "results" / "table_runs")  # paper rows beside the study
+    assert report.main([str(tmp_path / "results")]) == 0
+    text = capsys.readouterr().out
+    assert "6 runs and 5 runs of the meta-step study under" in text
+    lines = text.split("Does the meta step matter?")[1].splitlines()
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines
+            if line.startswith("| ") and "---" not in line}
+    assert list(rows)[1:] == ["isda", "released", "gamma100"]  # ordered by the logged step size
+    finals = {name: json.loads((study / name / "result.json").read_text())["final_top1_error"] for name in arms}
+    gamma = rows["gamma100"]
+    assert gamma[1:4] == ["100", "released (lr)", "no"] and float(gamma[4]) > float(rows["released"][4]) > 0
+    deltas = [finals["gamma100_b0"] - finals["isda_b0"], finals["gamma100_b1"] - finals["isda_b1"]]
+    assert gamma[7].startswith(f"{sum(deltas) / 2:.2f} ± ") and gamma[7].endswith("(n=2)")
+    assert rows["isda"][7] == "–" and rows["released"][6] == "–"  # no pair for itself; b1 not run
 
 
 def test_report_all_shows_the_paper_grid(runs, capsys):

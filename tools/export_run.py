@@ -7,15 +7,15 @@ weights as a plain state_dict (DEST/model.pth, about 1.9 MB for ResNet-32), the 
 (DEST/criterion.pth: the estimator's covariances, about 170 kB, which tools/meta_step_size.py reads), and
 DEST/README.md: the command that trained the run (the dataset, imbalance and seed, and every other flag that
 differs from its default), the commits that trained it, the command that evaluates model.pth to the accuracy
-in result.json (tests/test_results.py runs it) and the one that measures the meta step on criterion.pth. A run branched from a committed first phase
-names it (``--first_phase``, checked against the run's history) and its command branches from it.
+in result.json (tests/test_results.py runs it) and the one that measures the meta step on criterion.pth. A
+run branched from a committed first phase names it (``--first_phase``, checked against the run's history)
+and its command branches from it.
 
 A first phase (CHECKPOINT a <save_name>_phase1.pth.tar, or the last checkpoint of a --first_phase_only run)
 becomes DEST/phase1.pth: exactly what --init_from reads (weights, optimizer state, position, history, the
 run state and config; not the loss module, which a branch builds afresh), about 3.9 MB for ResNet-32, with
 its train.log, notes and events, and a README with the command that trains it and one that branches from it.
 """
-import argparse
 import json
 import shlex
 import shutil
@@ -31,6 +31,7 @@ import MetaSAug_CE_train  # noqa: E402
 import MetaSAug_LDAM_train  # noqa: E402
 from checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint  # noqa: E402
 from cifar_flags import RECIPES, build_parser  # noqa: E402
+from cli import OneLineParser  # noqa: E402
 
 COPIED = ("result.json", "confusion_matrix.png", "covariance_spectrum.png", "train.log", "stdout.log", "NOTES.txt")
 MACHINE_SPECIFIC = ("data_root", "checkpoint_dir", "out_dir", "resume", "init_from", "workers", "device", "gpu",
@@ -66,7 +67,8 @@ def training_command(config, base_loss):
     return words
 
 
-# What a branch reads of a first-phase checkpoint (trainer.Run._restore and cifar_flags.check_init_from; RunState's fields).
+# What a branch reads of a first-phase checkpoint (trainer.Run._restore and cifar_flags.check_init_from,
+# RunState's fields).
 FIRST_PHASE_KEYS = ("state_dict", "optimizer", "config", "base_loss", "cls_num_list", "train_index_sha256",
                     *(f.name for f in fields(RunState)))
 UNTIMED = ("train_time_s", "eval_time_s", "images_per_s")
@@ -167,12 +169,13 @@ def export(run_dir, checkpoint_path, dest, first_phase=None):
         f"```bash\n{evaluate}\n```\n\n"
         f"`criterion.pth` holds the loss module's final state (the estimator's class means and covariances); "
         f"this measures how far MetaSAug's meta step moves those covariances:\n\n"
-        f"```bash\n{shlex.join(['python', 'tools/meta_step_size.py', str(dest), '--data_root', 'data/cifar10'])}\n```\n")
+        f"```bash\n{shlex.join(['python', 'tools/meta_step_size.py', str(dest), '--data_root', 'data/cifar10'])}"
+        f"\n```\n")
     return dest
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="export_run.py", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="the run's --out_dir (result.json, figures, events, train.log)")
     parser.add_argument("checkpoint", help="the run's final <save_name>_ckpt.pth.tar")
     parser.add_argument("dest", help="e.g. results/cifar10_jpeg/imb100/<run name>")

@@ -16,7 +16,6 @@ Why: the meta-gradient is
 the learning rate (0.001 from epoch 161 on): if the learned covariance stays within a hair of ISDA's,
 MetaSAug trains as ISDA does.
 """
-import argparse
 import copy
 import json
 import sys
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from cli import OneLineParser  # noqa: E402
 from data_utils import DataError, augment, batch_generator, build_dataset, sample_meta_batch  # noqa: E402
 from loss import MetaSAugLoss  # noqa: E402
 from meta_layers import MetaSAug, MetaStepMonitor, augmentation_ratio  # noqa: E402
@@ -63,13 +63,16 @@ def per_class_text(values):
     return " ".join("-" if value is None else f"{value:.1e}" for value in values)
 
 
-def load_run(path):
-    """A training checkpoint, or the same fields gathered from an exported results folder."""
+def load_run(path, criterion=True):
+    """A training checkpoint (with the loss module's state, unless ``criterion`` is False: a first phase's
+    phase1.pth has none), or the same fields gathered from an exported results folder."""
     path = Path(path)
     if not path.is_dir():
         checkpoint = load_checkpoint(path)
-        if "config" not in checkpoint or "criterion" not in checkpoint:
-            raise CheckpointError(f"{path} is not a training checkpoint of this repository")
+        needed = ("config", "state_dict") + ("criterion",) * criterion
+        if any(key not in checkpoint for key in needed):
+            raise CheckpointError(f"{path} is not a training checkpoint of this repository"
+                                  + (" with the loss module's state" if criterion else ""))
         return checkpoint
     if not (path / "criterion.pth").is_file() or not (path / "result.json").is_file():
         raise CheckpointError(f"{path} lacks criterion.pth or result.json; export the run with tools/export_run.py")
@@ -79,7 +82,7 @@ def load_run(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="meta_step_size.py", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a CIFAR training checkpoint of this repository "
                         "(<save_name>_ckpt.pth.tar) or a results folder written by tools/export_run.py")
     parser.add_argument("--data_root", required=True, help="the run's training images")

@@ -181,7 +181,8 @@ def summary(args, jobs, throughput, device, slots=1):
         lines.append(f"  shared first phases: {len(first)} ({duration(sum(j.seconds for j in first))}), each "
                      f"trained once for the rows branching from it: "
                      + ("; ".join(sorted({'+'.join(j.rows) for j in first})) or "none"))
-        lines.append(f"  second phases branched from them: {len(branches)} ({duration(sum(j.seconds for j in branches))})")
+        lines.append(f"  second phases branched from them: {len(branches)} "
+                     f"({duration(sum(j.seconds for j in branches))})")
         lines.append(f"  runs from scratch: {len(scratch)} ({duration(sum(j.seconds for j in scratch))})")
         saved = alone - sum(j.seconds for j in jobs)
         at_once = "one training after another" if slots == 1 else f"up to {slots} at once (the sweep itself shorter)"

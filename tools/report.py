@@ -11,7 +11,6 @@ Only tables, imbalances and rows that have runs are printed, unless ``--all`` as
 whole grid ("missing" where a run is absent). Runs of one cell must share their long-tail subset
 (``train_index_sha256``): the report refuses to average runs trained on different images.
 """
-import argparse
 import csv
 import io
 import json
@@ -24,6 +23,7 @@ PAPER = Path(__file__).with_name("paper_results.json")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cli import OneLineParser  # noqa: E402
 from methods import TABLES, large_scale_cells, row_name  # noqa: E402
 
 # The full released protocol (lam: the released commands' per dataset); a run's protocol is said as this plus
@@ -49,10 +49,16 @@ class ReportError(ValueError):
     """Runs that cannot be summarised together; the message names them."""
 
 
+STUDY = "study"  # runs under a folder of this name are arms of the meta-step study, not paper rows
+
+
 def load_runs(folder):
     runs = []
     for path in sorted(Path(folder).rglob("result.json")):
         result = json.loads(path.read_text())
+        if STUDY in path.relative_to(folder).parts[:-1]:
+            runs.append(study_arm(result, path))
+            continue
         if "stage" in result:  # ImageNet_iNat/train.py
             runs.append(large_scale_run(result, path))
             continue
@@ -81,6 +87,58 @@ def large_scale_run(result, path):
     final = result["final_top1_error"]
     return dict(cells=cells, dataset=dataset, protocol=protocol, partial=tested != whole, seed=result["seed"],
                 final=final, best=None, shots=result["shot_accuracy"], subset=None, path=str(path))
+
+
+def study_arm(result, path):
+    """One run of the meta-step study: its arm (the folder's name without ``_b<branch seed>``), knobs, the meta
+    step's logged size (the per-epoch mean over classes of ||S_learned - S_est|| / ||S_est||, averaged over the
+    second phase) and its final error."""
+    config = result["config"]
+    steps = [h["meta_step_shift_mean"] for h in result["history"] if h.get("meta_step_shift_mean") is not None]
+    name = path.parent.name
+    arm = name.rsplit("_b", 1)[0] if name.rsplit("_b", 1)[-1].isdigit() else name
+    meta_step = config["method"] != "isda"
+    return dict(study=arm, method=config["method"], meta_lr=config["meta_lr"] if meta_step else 0.0,
+                lookahead_lr=config.get("lookahead_lr") if meta_step else None, carry=config.get("carry_cv", False),
+                branch_seed=config.get("branch_seed", 0), step=sum(steps) / len(steps) if steps else 0.0,
+                final=result["final_top1_error"], shots=result["shot_accuracy"], dataset=config["dataset"],
+                imbalance=round(1 / config["imb_factor"]), path=str(path))
+
+
+def study_markdown(runs):
+    """The meta-step study: an arm per row, its errors per branch seed, and the paired difference to the ISDA
+    arm (no meta step) of the same branch seed, where both ran."""
+    arms = defaultdict(list)
+    for r in runs:
+        arms[r["dataset"], r["imbalance"], r["study"]].append(r)
+    out = []
+    for dataset, imbalance in sorted({key[:2] for key in arms}):
+        group = {key[2]: sorted(value, key=lambda r: r["branch_seed"]) for key, value in arms.items()
+                 if key[:2] == (dataset, imbalance)}
+        reference = {r["branch_seed"]: r["final"] for arm in group.values() for r in arm if r["method"] == "isda"}
+        seeds = sorted({r["branch_seed"] for arm in group.values() for r in arm})
+        out += [f"#### Does the meta step matter? {dataset.upper()}-LT, imbalance {imbalance}", "",
+                "Second phases branched from one first phase; final-epoch top-1 error (%) per branch seed; "
+                "step: the meta step's logged mean relative shift of a class's covariance (over the classes in "
+                "each batch, averaged over the epochs); Δ: the arm's error minus the ISDA arm's of the same branch "
+                "seed (mean ± sample std over the pairs).", "",
+                "| arm | γ (meta_lr) | α (lookahead) | carried Σ | step | " +
+                " | ".join(f"b{seed}" for seed in seeds) + " | Δ vs ISDA | many / medium / few |",
+                "|---" * (len(seeds) + 7) + "|"]
+        for name, arm in sorted(group.items(), key=lambda item: (item[1][0]["step"], item[0])):
+            first = arm[0]
+            finals = {r["branch_seed"]: r["final"] for r in arm}
+            deltas = [finals[s] - reference[s] for s in finals if s in reference and first["method"] != "isda"]
+            delta = "–" if not deltas else fmt(summary(deltas)) + (f" (n={len(deltas)})" if len(deltas) > 1 else "")
+            shots = " / ".join(fmt(summary([r["shots"][k] for r in arm])) if all(
+                r["shots"].get(k) is not None for r in arm) else "–" for k in ("many", "medium", "few"))
+            alpha = "released (lr)" if first["lookahead_lr"] is None else f"{first['lookahead_lr']:g}"
+            out.append(f"| {name} | {first['meta_lr']:g} | {alpha if first['method'] != 'isda' else '–'} | "
+                       f"{'yes' if first['carry'] else 'no'} | {first['step']:.1e} | " +
+                       " | ".join(f"{finals[s]:.2f}" if s in finals else "–" for s in seeds) +
+                       f" | {delta} | {shots} |")
+        out.append("")
+    return out
 
 
 def test_images(result):
@@ -278,10 +336,11 @@ def latex(spec, grids):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="report.py", description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", help="folder searched recursively for result.json files")
-    parser.add_argument("--table", choices=("table1", "table2", "table3", "table4", "table5", "table6", "all"),
-                        default="all")
+    parser.add_argument("--table", choices=("table1", "table2", "table3", "table4", "table5", "table6", STUDY,
+                                            "all"), default="all",
+                        help=f"'{STUDY}': the meta-step study (runs under a folder named {STUDY}/), not in the paper")
     parser.add_argument("--imbalance", type=int, nargs="+", default=None,
                         help="show only these imbalance factors (e.g. 100)")
     parser.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown")
@@ -292,7 +351,9 @@ def main(argv=None):
         return 2
     paper = json.loads(PAPER.read_text())
     runs = load_runs(args.runs_dir)
-    names = sorted(paper["tables"]) if args.table == "all" else [args.table]
+    study = [r for r in runs if "study" in r]
+    runs = [r for r in runs if "study" not in r]
+    names = sorted(paper["tables"]) if args.table == "all" else [] if args.table == STUDY else [args.table]
     out, rows = [], []
     try:
         for name in names:
@@ -317,8 +378,11 @@ def main(argv=None):
         csv.writer(buffer, lineterminator="\n").writerows([CSV_HEADER, *rows])
         print(buffer.getvalue(), end="")
         return 0
+    if args.format == "markdown" and args.table in ("all", STUDY):
+        out += study_markdown(study)
     comment = "% " if args.format == "latex" else ""
-    print(f"{comment}{len(runs)} runs under {args.runs_dir}. Paper numbers: {paper['source']}.\n")
+    extra = f" and {len(study)} runs of the meta-step study" if study else ""
+    print(f"{comment}{len(runs)} runs{extra} under {args.runs_dir}. Paper numbers: {paper['source']}.\n")
     print("\n".join(out) if out else f"{comment}No run belongs to the tables asked for (--all shows the empty grid).")
     return 0
 

@@ -241,7 +241,7 @@ def emit_slurm(folder, base_command, jobs, resources):
     back = os.path.relpath(Path.cwd().resolve(), folder.resolve())
     submit = ["#!/usr/bin/env bash",
               "# Submit the sweep: the first phases; the branches, which wait for them; the runs from scratch.",
-              "set -euo pipefail", f'cd "$(dirname "$0")"/{shlex.quote(back)}  # the repository (sbatch runs from here)']
+              "set -euo pipefail", f'cd "$(dirname "$0")"/{shlex.quote(back)}  # the repository: sbatch runs here']
     for name, _ in ARRAYS:
         if not lists[name]:
             continue
@@ -272,7 +272,7 @@ def _sbatch(name, count, folder, resources):
     lines += [
         "# Each task runs one line of the list: a finished run is skipped, an interrupted one resumes. Before the",
         "# time limit SLURM sends SIGTERM: the training writes its checkpoint and the task requeues itself.",
-        f"cd {shlex.quote(workdir)}" if workdir else 'cd "${SLURM_SUBMIT_DIR:-.}"  # the repository: submit.sh runs sbatch there',
+        f"cd {shlex.quote(workdir)}" if workdir else 'cd "${SLURM_SUBMIT_DIR:-.}"  # submit.sh runs sbatch there',
         *([resources["setup"]] if resources["setup"] else []),
         'export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}',
         f"mapfile -t commands < {shlex.quote(str(folder / (name + '.txt')))}",
