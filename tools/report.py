@@ -197,6 +197,9 @@ def select(spec, table_name, runs, other_rows, imbalances, show_all):
             groups[r["row"], r["imbalance"]].append(r)
         extra = sorted({r["row"] for r in chosen} - set(spec["rows"]) - other_rows)
         rows = [row for row in list(spec["rows"]) + extra if show_all or any(k[0] == row for k in groups)]
+        if not rows:
+            continue
+        chosen = [r for r in chosen if r["row"] in rows]  # the columns of this table's rows only
         columns = sorted((set(spec["imbalance"]) if show_all else set()) | {r["imbalance"] for r in chosen},
                          reverse=True)
         if imbalances:
