@@ -112,14 +112,16 @@ def save_confusion_png(matrix, class_names, path, title="confusion matrix (%)"):
 
 
 def save_spectrum_png(series, path, title):
-    """Grouped bars of normalised singular values with a value axis; ``series`` maps a label to its values."""
+    """Grouped bars of normalised singular values with a value axis; ``series`` maps a label to its values.
+    Returns the image (``path`` None: not saved)."""
     font, small = _font(13), _font(11)
     names = {"isda": "ISDA's estimate", "meta_learned": "meta-learned"}
     k = max(len(v) for v in series.values())
     axis_w = _text_size("0.75", small)[0] + 8
     label_h = _text_size("Ag", small)[1]
     left, top, plot_h, plot_w = PAD + label_h + 8 + axis_w, PAD + 2 * label_h + 22, 200, 80 * k
-    width = max(left + plot_w + PAD, PAD + _text_size(title, font)[0] + PAD)
+    legend_w = sum(14 + _text_size(names.get(label, label), small)[0] + 20 for label in series)
+    width = max(left + plot_w + PAD, PAD + _text_size(title, font)[0] + PAD, left + legend_w)
     height = top + plot_h + 8 + label_h + 8 + label_h + PAD
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
@@ -154,5 +156,6 @@ def save_spectrum_png(series, path, title):
               fill="black", font=small)
     axis = "value / largest"
     _vertical_text(image, axis, small, PAD + label_h + 2, top + max(0, (plot_h - _text_size(axis, small)[0]) // 2))
-    image.save(path)
+    if path is not None:
+        image.save(path)
     return image

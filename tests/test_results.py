@@ -11,7 +11,7 @@ import MetaSAug_test
 import trainer
 from conftest import (CE, CIFAR10_ARCHIVE, REPO_ROOT, assert_ok, assert_tensors_equal, load, run_together,
                       train_flags, untimed)
-from tools import export_run, meta_step_size
+from tools import export_run, figure2, meta_step_size
 
 GPU_TOLERANCE = 0.05  # percentage points: 5 of the 10,000 CIFAR test images
 COMMITTED = sorted((REPO_ROOT / "results").rglob("model.pth"))
@@ -130,3 +130,17 @@ def test_committed_weights_evaluate_to_their_result(weights, cifar10_test_split,
     assert weights.stat().st_size < 2 * 1024 * 1024
     assert (weights.parent / "README.md").is_file() and (weights.parent / "criterion.pth").is_file()
     assert list(weights.parent.glob("events.out.tfevents.*"))
+
+
+def test_figure2_from_an_exported_first_phase(tiny_run, tree4, tmp_path):
+    out, _ = tiny_run
+    first_phase = export_run.export(out, out.parent / "ckpt" / "tiny_phase1.pth.tar", tmp_path / "first_phase_seed42")
+    assert figure2.main([str(first_phase / "phase1.pth"), "--data_root", str(tree4), "--out", str(tmp_path / "fig"),
+                         "--batches", "2", "--meta_lr", "0.1", "1000"]) == 0
+    record = json.loads((tmp_path / "fig" / "figure2.json").read_text())
+    assert record["rarest_class"] == "class03" and record["network_epoch"] == 1
+    for series in (*record["panel_a"].values(), *record["panel_b"].values()):
+        assert len(series) == 5 and series[0] == pytest.approx(1.0)
+    shifts = record["relative_shift"]  # exactly proportional to meta_lr: one step from the same estimate
+    assert shifts["learned, meta_lr 1000"] == pytest.approx(1e4 * shifts["learned, meta_lr 0.1"], rel=1e-6)
+    assert (tmp_path / "fig" / "figure2.png").stat().st_size > 0

@@ -1,0 +1,147 @@
+"""The paper's Figure 2 from a trained network: the rarest class's covariance spectrum (top-5 singular values,
+divided by the largest), (a) estimated on balanced CIFAR-10 vs on the long-tailed training set, (b) the
+long-tailed estimate vs the covariance MetaSAug's update uses after its meta step.
+
+    python tools/figure2.py NETWORK --data_root data/cifar10 --out DIR [--batches 8] [--meta_lr 0.1 5000]
+
+NETWORK is what --init_from reads (a first phase: results/.../first_phase_seed1/phase1.pth), a training
+checkpoint, or a results folder (model.pth, result.json). The paper does not say which network its figure
+used; this one says it (the checkpoint and its epoch are in figure2.json).
+
+(a) The features of every training image (not augmented, the network in eval mode) give each class's exact
+covariance: over the whole balanced training set (5,000 images a class) and over the long-tailed subset the
+run trained on (24 images of the rarest class at imbalance 200). (b) From the long-tailed estimate,
+MetaSAug's step is taken (float64, as tools/meta_step_size.py) on ``--batches`` training batches that hold
+the rarest class (its meta-gradient is zero in the others), with the run's class weights, lam, lookahead step
+and each ``--meta_lr``; the covariance each step learned is averaged over the batches, and its spectrum drawn
+beside the estimate's. Writes DIR/figure2.png and DIR/figure2.json.
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from checkpoint import CheckpointError  # noqa: E402
+from cli import OneLineParser, git_commit  # noqa: E402
+from data_utils import DataError, augment, batch_generator, build_dataset, load_split, normalize  # noqa: E402
+from data_utils import sample_meta_batch  # noqa: E402
+from figures import save_spectrum_png, top_singular_values  # noqa: E402
+from loss import EstimatorCV, MetaSAugLoss  # noqa: E402
+from meta_layers import MetaSAug, augmentation_ratio  # noqa: E402
+from resnet import ResNet32  # noqa: E402
+from tools.meta_step_size import load_run  # noqa: E402
+from trainer import learning_rate  # noqa: E402
+
+
+def class_covariances(model, images, labels, num_classes, batch=500):
+    """Each class's exact (biased) feature covariance over ``images``: the network in eval mode, no augmentation."""
+    estimator = EstimatorCV(model.feature_dim, num_classes).double()
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(labels), batch):
+            features = model(normalize(images[start:start + batch]).double())[0]
+            estimator.update(features, labels[start:start + batch])
+    return estimator
+
+
+def learned_covariance(model, checkpoint, data, estimate, rarest, meta_lr, batches, seed=0):
+    """The rarest class's covariance after MetaSAug's step from ``estimate``, averaged over ``batches``
+    training batches that hold the class; and the mean relative shift ||learned - estimate|| / ||estimate||."""
+    config = checkpoint["config"]
+    criterion = MetaSAugLoss(model.feature_dim, len(data.cls_num_list), data.cls_num_list, base="ce",
+                             beta=config["beta"] or None).double()
+    meta = MetaSAug(model, criterion, meta_lr=meta_lr)
+    lookahead_lr = config.get("lookahead_lr") or learning_rate(config["meta_start"], config["lr"],
+                                                               config["lr_milestones"])
+    ratio = augmentation_ratio(config["lam"], config["meta_start"], config["epochs"])
+    model.train()
+    learned, shifts, draw = [], [], 0
+    while len(learned) < batches:
+        generator = batch_generator(seed, "figure2", draw)
+        draw += 1
+        index = torch.randint(len(data.train_labels), (config["batch_size"],), generator=generator)
+        if not (data.train_labels[index] == rarest).any():
+            continue
+        criterion.estimator.load_state_dict(estimate.state_dict())
+        meta_index = sample_meta_batch(len(data.meta_labels), config["batch_size"], generator)
+        x = augment(data.train_images[index], generator, dtype=torch.float64)
+        x_meta = augment(data.meta_images[meta_index], generator, dtype=torch.float64)
+        meta.step(x, data.train_labels[index], x_meta, data.meta_labels[meta_index], lr=lookahead_lr, ratio=ratio)
+        covariance = meta.learned_covariance[rarest]
+        learned.append(covariance)
+        shifts.append(((covariance - estimate.covariance[rarest]).norm() / estimate.covariance[rarest].norm()).item())
+    return torch.stack(learned).mean(0), sum(shifts) / len(shifts), lookahead_lr
+
+
+def draw(record, path):
+    """figure2.png from figure2.json's numbers: the two panels side by side."""
+    name, counts = record["rarest_class"], f"{record['rarest_class_images']} vs {record['balanced_images']} images"
+    panels = [save_spectrum_png(record["panel_a"], None, f"(a) '{name}': balanced vs long-tailed ({counts})"),
+              save_spectrum_png(record["panel_b"], None, f"(b) '{name}': estimated vs after the meta step")]
+    canvas = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)), "white")
+    x = 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        x += panel.width
+    canvas.save(path)
+
+
+def figure2(network, data_root, out, batches, meta_lrs):
+    checkpoint = load_run(network, criterion=False)
+    config = checkpoint["config"]
+    data = build_dataset(data_root, config["dataset"], config["num_meta"], config["imb_factor"],
+                         config["imb_profile"], config["num_classes"], False, 4, config.get("subset", "released"))
+    num_classes = len(data.cls_num_list)
+    rarest = min(range(num_classes), key=data.cls_num_list.__getitem__)
+    model = ResNet32(num_classes).double()
+    model.load_state_dict(checkpoint["state_dict"])
+    images, labels, _ = load_split(data_root, "train", config["dataset"], workers=4)
+    balanced = class_covariances(model, images, labels, num_classes)
+    long_tailed = class_covariances(model, data.train_images, data.train_labels, num_classes)
+    name = data.class_names[rarest]
+    panel_a = {"balanced CIFAR-10": top_singular_values(balanced.covariance[rarest]),
+               "long-tailed": top_singular_values(long_tailed.covariance[rarest])}
+    panel_b, shifts = {"estimated (no meta-learning)": panel_a["long-tailed"]}, {}
+    for meta_lr in meta_lrs:
+        covariance, shift, lookahead_lr = learned_covariance(model, checkpoint, data, long_tailed, rarest, meta_lr,
+                                                             batches)
+        label = f"learned, meta_lr {meta_lr:g}"
+        panel_b[label], shifts[label] = top_singular_values(covariance), shift
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = dict(network=str(network), network_epoch=checkpoint["epoch"], dataset=config["dataset"],
+                  imb_factor=config["imb_factor"], rarest_class=name, rarest_class_images=data.cls_num_list[rarest],
+                  balanced_images=int((labels == rarest).sum()),
+                  panel_a=panel_a, panel_b=panel_b, relative_shift=shifts, batches=batches,
+                  lookahead_lr=lookahead_lr, lam=config["lam"],
+                  ratio=augmentation_ratio(config["lam"], config["meta_start"], config["epochs"]),
+                  command=" ".join(["python", "tools/figure2.py", *sys.argv[1:]]), commit=git_commit())
+    (out / "figure2.json").write_text(json.dumps(record, indent=1) + "\n")
+    draw(record, out / "figure2.png")
+    return record
+
+
+def main(argv=None):
+    parser = OneLineParser(prog="figure2.py", description=__doc__.splitlines()[0])
+    parser.add_argument("network", help="a first phase (phase1.pth), a training checkpoint or a results folder")
+    parser.add_argument("--data_root", required=True, help="the CIFAR-10 images (train/ and test/)")
+    parser.add_argument("--out", required=True, help="folder for figure2.png and figure2.json")
+    parser.add_argument("--batches", type=int, default=8, help="training batches holding the rarest class")
+    parser.add_argument("--meta_lr", type=float, nargs="+", default=[0.1, 5000.0],
+                        help="meta step sizes for panel (b): the released 0.1, and the study's largest")
+    args = parser.parse_args(argv)
+    try:
+        record = figure2(args.network, args.data_root, args.out, args.batches, args.meta_lr)
+    except (CheckpointError, DataError, OSError) as error:
+        print(f"figure2.py: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: record[k] for k in ("rarest_class", "panel_a", "panel_b", "relative_shift")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
