@@ -231,8 +231,8 @@ def ce_run10(tree10, tmp_path_factory):
     """A short CE run on 10 classes (what MetaSAug_test.py --dataset cifar10 evaluates); long enough
     that the model's predictions are not all one class, so equal accuracies mean something."""
     base = tmp_path_factory.mktemp("ce10")
-    flags = train_flags(tree10, base, num_classes=10) + ["--num_meta", 1, "--imb_factor", 0.5,
-                                                         "--meta_start", EPOCHS, "--lr", 0.02]
+    flags = train_flags(tree10, base, num_classes=10) + ["--dataset", "cifar10", "--num_meta", 1, "--imb_factor",
+                                                         0.5, "--meta_start", EPOCHS, "--lr", 0.02]
     run = training_run(CE, flags, base)
     assert_ok(run.proc)
     return run
@@ -394,7 +394,7 @@ def test_test_script_reads_dataset_and_imbalance_from_the_checkpoint(ce_run10, t
     proc = run_script(TEST, ["--checkpoint_path", ce_run10.ckpt, "--data_root", tree10, "--device", "cpu",
                              "--workers", 1], cwd=tmp_path)
     assert_ok(proc)
-    assert "Dataset: cifar100\tImb_factor: 2\t" in proc.stdout  # trained with the default dataset, --imb_factor 0.5
+    assert "Dataset: cifar10\tImb_factor: 2\t" in proc.stdout  # trained with --dataset cifar10 --imb_factor 0.5
 
 
 @pytest.mark.parametrize("script, case", [(CE, "missing-data-root"), (LDAM, "unknown-dataset"),
