@@ -117,7 +117,8 @@ def study_markdown(runs):
                  if key[:2] == (dataset, imbalance)}
         reference = {r["branch_seed"]: r["final"] for arm in group.values() for r in arm if r["method"] == "isda"}
         seeds = sorted({r["branch_seed"] for arm in group.values() for r in arm})
-        out += [f"#### Does the meta step matter? {dataset.upper()}-LT, imbalance {imbalance}", "",
+        name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(dataset, dataset)
+        out += [f"#### Does the meta step matter? {name}-LT, imbalance {imbalance}", "",
                 "Second phases branched from one first phase; final-epoch top-1 error (%) per branch seed; "
                 "step: the meta step's logged mean relative shift of a class's covariance (over the classes in "
                 "each batch, averaged over the epochs); Δ: the arm's error minus the ISDA arm's of the same branch "
@@ -384,7 +385,7 @@ def main(argv=None):
     if args.format == "markdown" and args.table in ("all", STUDY):
         out += study_markdown(study)
     comment = "% " if args.format == "latex" else ""
-    extra = f" and {len(study)} runs of the meta-step study" if study else ""
+    extra = f" and {len(study)} run{'s' * (len(study) != 1)} of the meta-step study" if study else ""
     print(f"{comment}{len(runs)} runs{extra} under {args.runs_dir}. Paper numbers: {paper['source']}.\n")
     print("\n".join(out) if out else f"{comment}No run belongs to the tables asked for (--all shows the empty grid).")
     return 0
