@@ -109,6 +109,9 @@ def test_report_study_table_pairs_each_arm_with_isda_by_branch_seed(runs, tree4,
     deltas = [finals["gamma100_b0"] - finals["isda_b0"], finals["gamma100_b1"] - finals["isda_b1"]]
     assert gamma[7].startswith(f"{sum(deltas) / 2:.2f} ± ") and gamma[7].endswith("(n=2)")
     assert rows["isda"][7] == "–" and rows["released"][6] == "–"  # no pair for itself; b1 not run
+    assert report.main([str(tmp_path / "results"), "--table", "table1", "table5"]) == 0
+    text = capsys.readouterr().out  # paper tables only: the study is asked for by name or by 'all'
+    assert "Table 1" in text and "Table 5" in text and "Does the meta step matter?" not in text
 
 
 def test_report_all_shows_the_paper_grid(runs, capsys):

@@ -11,7 +11,7 @@ import MetaSAug_test
 import trainer
 from conftest import (CE, CIFAR10_ARCHIVE, REPO_ROOT, assert_ok, assert_tensors_equal, load, run_together,
                       train_flags, untimed)
-from tools import export_run, figure2, meta_step_size
+from tools import export_run, figure2, meta_step_size, report
 
 GPU_TOLERANCE = 0.05  # percentage points: 5 of the 10,000 CIFAR test images
 COMMITTED = sorted((REPO_ROOT / "results").rglob("model.pth"))
@@ -144,3 +144,27 @@ def test_figure2_from_an_exported_first_phase(tiny_run, tree4, tmp_path):
     shifts = record["relative_shift"]  # exactly proportional to meta_lr: one step from the same estimate
     assert shifts["learned, meta_lr 1000"] == pytest.approx(1e4 * shifts["learned, meta_lr 0.1"], rel=1e-6)
     assert (tmp_path / "fig" / "figure2.png").stat().st_size > 0
+
+
+def test_figure2_study_spectra_feed_the_report_s_study_table(tiny_run, tree4, tmp_path, capsys):
+    """--study: each arm's rarest-class spectrum, estimated and learned by the arm's own meta step, in
+    spectra.json beside the arms; the report's study table shows the learned one."""
+    out, checkpoint = tiny_run
+    study = tmp_path / "results" / "study"
+    export_run.export(out, checkpoint, study / "released_b0")
+    assert figure2.main(["--study", str(study), "--data_root", str(tree4), "--batches", "2"]) == 0
+    record = json.loads((study / "spectra.json").read_text())
+    entry = record["runs"]["released_b0"]
+    assert record["rarest_class"] == "class03" and entry["epoch"] == 2 and entry["relative_shift"] > 0
+    for series in (entry["estimated"], entry["learned"]):
+        assert len(series) == 5 and series[0] == pytest.approx(1.0)
+    capsys.readouterr()
+    assert report.main([str(tmp_path / "results"), "--table", "study"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| released |"))
+    assert row.split(" | ")[-1] == " ".join(f"{v:.2f}" for v in entry["learned"][1:]) + " |"
+    assert report.main([str(tmp_path / "results"), "--table", "study", "--imbalance", "50"]) == 0
+    assert "| released |" not in capsys.readouterr().out  # the study is filtered by imbalance like the tables
+    with pytest.raises(SystemExit) as refused:
+        figure2.main(["--data_root", str(tree4)])  # neither a network nor --study
+    assert refused.value.code == 2
+    assert figure2.main(["--study", str(tmp_path), "--data_root", str(tree4)]) == 2  # no run under it

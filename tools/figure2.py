@@ -3,6 +3,7 @@ divided by the largest), (a) estimated on balanced CIFAR-10 vs on the long-taile
 long-tailed estimate vs the covariance MetaSAug's update uses after its meta step.
 
     python tools/figure2.py NETWORK --data_root data/cifar10 --out DIR [--batches 8] [--meta_lr 0.1 5000]
+    python tools/figure2.py --study results/cifar10_jpeg/imb100/study --data_root data/cifar10 [--batches 8]
 
 NETWORK is what --init_from reads (a first phase: results/.../first_phase_seed1/phase1.pth), a training
 checkpoint, or a results folder (model.pth, result.json). The paper does not say which network its figure
@@ -15,6 +16,11 @@ MetaSAug's step is taken (float64, as tools/meta_step_size.py) on ``--batches`` 
 the rarest class (its meta-gradient is zero in the others), with the run's class weights, lam, lookahead step
 and each ``--meta_lr``; the covariance each step learned is averaged over the batches, and its spectrum drawn
 beside the estimate's. Writes DIR/figure2.png and DIR/figure2.json.
+
+``--study DIR``: panel (b) for every arm of the meta-step study (each run folder under DIR, as
+tools/export_run.py wrote it): the rarest class's spectrum of the arm's final estimate and, for an arm with a
+meta step, of the covariance its own step (its meta_lr and lookahead step) learns from that estimate with its
+final network, as above. Writes DIR/spectra.json, which tools/report.py's study table reads.
 """
 import json
 import sys
@@ -31,6 +37,7 @@ from data_utils import DataError, augment, batch_generator, build_dataset, load_
 from data_utils import sample_meta_batch  # noqa: E402
 from figures import save_spectrum_png, top_singular_values  # noqa: E402
 from loss import EstimatorCV, MetaSAugLoss  # noqa: E402
+from methods import METHODS  # noqa: E402
 from meta_layers import MetaSAug, augmentation_ratio  # noqa: E402
 from resnet import ResNet32  # noqa: E402
 from tools.meta_step_size import load_run  # noqa: E402
@@ -125,16 +132,55 @@ def figure2(network, data_root, out, batches, meta_lrs):
     return record
 
 
+def study_spectra(study_dir, data_root, batches):
+    """The rarest class's spectrum, estimated and (with a meta step) learned, of every run under ``study_dir``."""
+    runs, data = {}, None
+    for result_path in sorted(Path(study_dir).glob("*/result.json")):
+        checkpoint = load_run(result_path.parent)
+        config = checkpoint["config"]
+        if data is None:
+            data = build_dataset(data_root, config["dataset"], config["num_meta"], config["imb_factor"],
+                                 config["imb_profile"], config["num_classes"], False, 4,
+                                 config.get("subset", "released"))
+        num_classes = len(data.cls_num_list)
+        rarest = min(range(num_classes), key=data.cls_num_list.__getitem__)
+        model = ResNet32(num_classes).double()
+        model.load_state_dict(checkpoint["state_dict"])
+        estimate = EstimatorCV(model.feature_dim, num_classes).double()
+        estimate.load_state_dict({key.split(".", 1)[1]: value for key, value in checkpoint["criterion"].items()
+                                  if key.startswith("estimator.")})
+        entry = dict(epoch=checkpoint["epoch"], estimated=top_singular_values(estimate.covariance[rarest]))
+        if METHODS[config["method"]].meta_step:
+            covariance, shift, lookahead_lr = learned_covariance(model, checkpoint, data, estimate, rarest,
+                                                                 config["meta_lr"], batches)
+            entry.update(learned=top_singular_values(covariance), relative_shift=shift, lookahead_lr=lookahead_lr)
+        runs[result_path.parent.name] = entry
+    if data is None:
+        raise CheckpointError(f"{study_dir} holds no run folder with a result.json")
+    record = dict(rarest_class=data.class_names[rarest], rarest_class_images=data.cls_num_list[rarest],
+                  batches=batches, runs=runs, command=" ".join(["python", "tools/figure2.py", *sys.argv[1:]]),
+                  commit=git_commit())
+    (Path(study_dir) / "spectra.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
 def main(argv=None):
     parser = OneLineParser(prog="figure2.py", description=__doc__.splitlines()[0])
-    parser.add_argument("network", help="a first phase (phase1.pth), a training checkpoint or a results folder")
+    parser.add_argument("network", nargs="?", help="a first phase (phase1.pth), a training checkpoint or a results "
+                        "folder")
     parser.add_argument("--data_root", required=True, help="the CIFAR-10 images (train/ and test/)")
-    parser.add_argument("--out", required=True, help="folder for figure2.png and figure2.json")
+    parser.add_argument("--out", help="folder for figure2.png and figure2.json")
+    parser.add_argument("--study", help="instead of NETWORK: the meta-step study's folder; writes its spectra.json")
     parser.add_argument("--batches", type=int, default=8, help="training batches holding the rarest class")
     parser.add_argument("--meta_lr", type=float, nargs="+", default=[0.1, 5000.0],
                         help="meta step sizes for panel (b): the released 0.1, and the study's largest")
     args = parser.parse_args(argv)
+    if (args.study is None) == (args.network is None) or (args.network is not None) != (args.out is not None):
+        parser.error("give NETWORK with --out, or --study DIR")
     try:
+        if args.study:
+            print(json.dumps(study_spectra(args.study, args.data_root, args.batches)["runs"], indent=1))
+            return 0
         record = figure2(args.network, args.data_root, args.out, args.batches, args.meta_lr)
     except (CheckpointError, DataError, OSError) as error:
         print(f"figure2.py: error: {error}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Summarise the ``result.json`` files of a folder of runs beside the paper's numbers.
 
-    python tools/report.py runs/table1 [--table table1] [--imbalance 100] [--format markdown|csv|latex] [--all]
+    python tools/report.py runs/table1 [--table table1 [table5 ...]] [--imbalance 100] [--format markdown|csv|latex] [--all]
 
 Runs are grouped by table row (``methods.py``: method and base loss), dataset, imbalance and protocol
 (schedule, caps and test-set coverage); the seeds of one group are averaged (mean ± sample std; a
@@ -50,6 +50,7 @@ class ReportError(ValueError):
 
 
 STUDY = "study"  # runs under a folder of this name are arms of the meta-step study, not paper rows
+SPECTRA = "spectra.json"  # beside the study's runs: the rarest class's spectra (tools/figure2.py --study)
 
 
 def load_runs(folder):
@@ -98,11 +99,14 @@ def study_arm(result, path):
     name = path.parent.name
     arm = name.rsplit("_b", 1)[0] if name.rsplit("_b", 1)[-1].isdigit() else name
     meta_step = config["method"] != "isda"
+    spectra = path.parent.parent / SPECTRA
+    spectrum = json.loads(spectra.read_text())["runs"].get(name) if spectra.is_file() else None
     return dict(study=arm, method=config["method"], meta_lr=config["meta_lr"] if meta_step else 0.0,
                 lookahead_lr=config.get("lookahead_lr") if meta_step else None, carry=config.get("carry_cv", False),
                 branch_seed=config.get("branch_seed", 0), step=sum(steps) / len(steps) if steps else 0.0,
                 final=result["final_top1_error"], shots=result["shot_accuracy"], dataset=config["dataset"],
-                imbalance=round(1 / config["imb_factor"]), path=str(path))
+                imbalance=round(1 / config["imb_factor"]), path=str(path),
+                spectrum=None if spectrum is None else spectrum.get("learned", spectrum["estimated"]))
 
 
 def study_markdown(runs):
@@ -122,10 +126,14 @@ def study_markdown(runs):
                 "Second phases branched from one first phase; final-epoch top-1 error (%) per branch seed; "
                 "step: the meta step's logged mean relative shift of a class's covariance (over the classes in "
                 "each batch, averaged over the epochs); Δ: the arm's error minus the ISDA arm's of the same branch "
-                "seed (mean ± sample std over the pairs).", "",
+                "seed (mean ± sample std over the pairs); rarest Σ: the rarest class's covariance as the arm's "
+                "update uses it: learned by the arm's own meta step (its γ, α as at the second phase's start) from "
+                "its final network and estimate (ISDA: the estimate), singular values 2-5 over the largest, mean over "
+                "branch seeds "
+                f"(tools/figure2.py --study; '–' before its {SPECTRA} has the arm).", "",
                 "| arm | γ (meta_lr) | α (lookahead) | carried Σ | step | " +
-                " | ".join(f"b{seed}" for seed in seeds) + " | Δ vs ISDA | many / medium / few |",
-                "|---" * (len(seeds) + 7) + "|"]
+                " | ".join(f"b{seed}" for seed in seeds) + " | Δ vs ISDA | many / medium / few | rarest Σ s2–s5 |",
+                "|---" * (len(seeds) + 8) + "|"]
         for name, arm in sorted(group.items(), key=lambda item: (item[1][0]["step"], item[0])):
             first = arm[0]
             finals = {r["branch_seed"]: r["final"] for r in arm}
@@ -137,9 +145,17 @@ def study_markdown(runs):
             out.append(f"| {name} | {first['meta_lr']:g} | {alpha if first['method'] != 'isda' else '–'} | "
                        f"{'yes' if first['carry'] else 'no'} | {first['step']:.1e} | " +
                        " | ".join(f"{finals[s]:.2f}" if s in finals else "–" for s in seeds) +
-                       f" | {delta} | {shots} |")
+                       f" | {delta} | {shots} | {spectrum_text(arm)} |")
         out.append("")
     return out
+
+
+def spectrum_text(arm):
+    """Singular values 2-5 (over the largest) of the rarest class's covariance, averaged over the arm's runs."""
+    spectra = [r["spectrum"] for r in arm if r["spectrum"] is not None]
+    if not spectra:
+        return "–"
+    return " ".join(f"{sum(values) / len(values):.2f}" for values in list(zip(*spectra))[1:])
 
 
 def test_images(result):
@@ -342,9 +358,10 @@ def latex(spec, grids):
 def main(argv=None):
     parser = OneLineParser(prog="report.py", description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", help="folder searched recursively for result.json files")
-    parser.add_argument("--table", choices=("table1", "table2", "table3", "table4", "table5", "table6", STUDY,
-                                            "all"), default="all",
-                        help=f"'{STUDY}': the meta-step study (runs under a folder named {STUDY}/), not in the paper")
+    parser.add_argument("--table", nargs="+", choices=("table1", "table2", "table3", "table4", "table5", "table6",
+                                                       STUDY, "all"), default=["all"],
+                        help=f"one or more; '{STUDY}': the meta-step study (runs under a folder named {STUDY}/), not "
+                        "in the paper; 'all': every table and the study")
     parser.add_argument("--imbalance", type=int, nargs="+", default=None,
                         help="show only these imbalance factors (e.g. 100)")
     parser.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown")
@@ -357,7 +374,10 @@ def main(argv=None):
     runs = load_runs(args.runs_dir)
     study = [r for r in runs if "study" in r]
     runs = [r for r in runs if "study" not in r]
-    names = sorted(paper["tables"]) if args.table == "all" else [] if args.table == STUDY else [args.table]
+    every = "all" in args.table
+    names = sorted(paper["tables"]) if every else [name for name in args.table if name != STUDY]
+    if args.imbalance:
+        study = [r for r in study if r["imbalance"] in args.imbalance]
     out, rows = [], []
     try:
         for name in names:
@@ -382,7 +402,7 @@ def main(argv=None):
         csv.writer(buffer, lineterminator="\n").writerows([CSV_HEADER, *rows])
         print(buffer.getvalue(), end="")
         return 0
-    if args.format == "markdown" and args.table in ("all", STUDY):
+    if args.format == "markdown" and (every or STUDY in args.table):
         out += study_markdown(study)
     comment = "% " if args.format == "latex" else ""
     extra = f" and {len(study)} run{'s' * (len(study) != 1)} of the meta-step study" if study else ""
