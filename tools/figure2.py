@@ -33,15 +33,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from checkpoint import CheckpointError  # noqa: E402
 from cli import OneLineParser, git_commit  # noqa: E402
-from data_utils import DataError, augment, batch_generator, build_dataset, load_split, normalize  # noqa: E402
+from data_utils import DataError, augment, batch_generator, load_split, normalize  # noqa: E402
 from data_utils import sample_meta_batch  # noqa: E402
 from figures import save_spectrum_png, top_singular_values  # noqa: E402
 from loss import EstimatorCV, MetaSAugLoss  # noqa: E402
 from methods import METHODS  # noqa: E402
 from meta_layers import MetaSAug, augmentation_ratio  # noqa: E402
 from resnet import ResNet32  # noqa: E402
-from tools.meta_step_size import load_run  # noqa: E402
+from tools.meta_step_size import load_run, run_dataset  # noqa: E402
 from trainer import learning_rate  # noqa: E402
+
+
+def float64_network(checkpoint, data):
+    """The checkpoint's ResNet-32 in float64, and the index of the class with the fewest training images."""
+    num_classes = len(data.cls_num_list)
+    model = ResNet32(num_classes).double()
+    model.load_state_dict(checkpoint["state_dict"])
+    return model, min(range(num_classes), key=data.cls_num_list.__getitem__)
 
 
 def class_covariances(model, images, labels, num_classes, batch=500):
@@ -100,12 +108,9 @@ def draw(record, path):
 def figure2(network, data_root, out, batches, meta_lrs):
     checkpoint = load_run(network, criterion=False)
     config = checkpoint["config"]
-    data = build_dataset(data_root, config["dataset"], config["num_meta"], config["imb_factor"],
-                         config["imb_profile"], config["num_classes"], False, 4, config.get("subset", "released"))
+    data = run_dataset(config, data_root)
+    model, rarest = float64_network(checkpoint, data)
     num_classes = len(data.cls_num_list)
-    rarest = min(range(num_classes), key=data.cls_num_list.__getitem__)
-    model = ResNet32(num_classes).double()
-    model.load_state_dict(checkpoint["state_dict"])
     images, labels, _ = load_split(data_root, "train", config["dataset"], workers=4)
     balanced = class_covariances(model, images, labels, num_classes)
     long_tailed = class_covariances(model, data.train_images, data.train_labels, num_classes)
@@ -138,15 +143,10 @@ def study_spectra(study_dir, data_root, batches):
     for result_path in sorted(Path(study_dir).glob("*/result.json")):
         checkpoint = load_run(result_path.parent)
         config = checkpoint["config"]
-        if data is None:
-            data = build_dataset(data_root, config["dataset"], config["num_meta"], config["imb_factor"],
-                                 config["imb_profile"], config["num_classes"], False, 4,
-                                 config.get("subset", "released"))
-        num_classes = len(data.cls_num_list)
-        rarest = min(range(num_classes), key=data.cls_num_list.__getitem__)
-        model = ResNet32(num_classes).double()
-        model.load_state_dict(checkpoint["state_dict"])
-        estimate = EstimatorCV(model.feature_dim, num_classes).double()
+        if data is None:  # every arm of a study trained on the same subset
+            data = run_dataset(config, data_root)
+        model, rarest = float64_network(checkpoint, data)
+        estimate = EstimatorCV(model.feature_dim, len(data.cls_num_list)).double()
         estimate.load_state_dict({key.split(".", 1)[1]: value for key, value in checkpoint["criterion"].items()
                                   if key.startswith("estimator.")})
         entry = dict(epoch=checkpoint["epoch"], estimated=top_singular_values(estimate.covariance[rarest]))

@@ -81,6 +81,12 @@ def load_run(path, criterion=True):
             "config": result["config"], "base_loss": result["base_loss"], "epoch": result["final_epoch"]}
 
 
+def run_dataset(config, data_root):
+    """The long-tailed training set, meta set and test set a run's config names, built from ``data_root``."""
+    return build_dataset(data_root, config["dataset"], config["num_meta"], config["imb_factor"],
+                         config["imb_profile"], config["num_classes"], False, 4, config.get("subset", "released"))
+
+
 def main(argv=None):
     parser = OneLineParser(prog="meta_step_size.py", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a CIFAR training checkpoint of this repository "
@@ -93,8 +99,7 @@ def main(argv=None):
     try:
         checkpoint = load_run(args.checkpoint)
         config = checkpoint["config"]
-        data = build_dataset(args.data_root, config["dataset"], config["num_meta"], config["imb_factor"],
-                             config["imb_profile"], config["num_classes"], False, 4, config.get("subset", "released"))
+        data = run_dataset(config, args.data_root)
     except (CheckpointError, DataError, OSError) as error:
         print(f"meta_step_size.py: error: {error}", file=sys.stderr)
         return 2
