@@ -74,9 +74,9 @@ def test_an_exported_first_phase_branches_like_the_run_from_scratch(tree4, tmp_p
     assert untimed(results[0]["history"]) == untimed(results[1]["history"])
 
     exported = export_run.export(tmp_path / "out" / "branch", tmp_path / "ckpt" / "branch_ckpt.pth.tar",
-                                 tmp_path / "results" / "branch", first_phase=first_phase)
-    readme = (exported / "README.md").read_text()
-    assert "from the committed first phase [first_phase_seed42](../first_phase_seed42)" in readme
+                                 tmp_path / "results" / "study" / "branch", first_phase=first_phase)
+    readme = (exported / "README.md").read_text()  # the link is relative to the run's folder, however deep
+    assert "from the committed first phase [first_phase_seed42](../../first_phase_seed42)" in readme
     assert f"--init_from {first_phase / 'phase1.pth'}" in readme
     # A run that did not branch from it is not said to have.
     assert export_run.main([str(tmp_path / "out" / "scratch"), str(tmp_path / "ckpt" / "scratch_ckpt.pth.tar"),

@@ -17,6 +17,7 @@ run state and config; not the loss module, which a branch builds afresh), about 
 its train.log, notes and events, and a README with the command that trains it and one that branches from it.
 """
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -159,7 +160,8 @@ def export(run_dir, checkpoint_path, dest, first_phase=None):
         f"(accuracy {accuracy:.2f}); best epoch {result['best_epoch']}: {result['best_top1_error']:.2f}. "
         f"Long-tail subset sha256 {result.get('train_index_sha256')}.\n\n"
         + (f"Branched after epoch {config['meta_start']} from the committed first phase "
-           f"[{Path(init_from).parent.name}](../{Path(init_from).parent.name}).\n\n" if init_from else "")
+           f"[{Path(init_from).parent.name}]({os.path.relpath(Path(init_from).parent, dest)}).\n\n"
+           if init_from else "")
         + f"Trained with (its last part on {result['device']}; NOTES.txt says where each part ran and how it was "
         f"interrupted and resumed, train.log has every epoch):\n\n"
         f"```bash\n{command}\n```\n\n"
