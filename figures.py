@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 PAD = 12
-BLUE, ORANGE, GREEN = (70, 110, 200), (220, 120, 40), (60, 160, 90)
+SERIES_COLOURS = ((70, 110, 200), (220, 120, 40), (60, 160, 90), (150, 90, 180), (200, 60, 70), (120, 120, 120))
 
 
 def confusion_matrix(predictions, labels, num_classes):
@@ -128,7 +128,7 @@ def save_spectrum_png(series, path, title):
     draw.text((PAD, PAD), title, fill="black", font=font)
     x = left
     for s, label in enumerate(series):  # legend
-        colour = (BLUE, ORANGE, GREEN)[s % 3]
+        colour = SERIES_COLOURS[s % len(SERIES_COLOURS)]
         draw.rectangle((x, PAD + label_h + 12, x + 10, PAD + label_h + 22), fill=colour)
         text = names.get(label, label)
         draw.text((x + 14, PAD + label_h + 10), text, fill="black", font=small)
@@ -144,7 +144,7 @@ def save_spectrum_png(series, path, title):
         for i, value in enumerate(values):
             x0 = left + i * group + bar / 2 + s * bar
             draw.rectangle((x0, top + plot_h * (1 - min(value, 1.0)), x0 + bar - 2, top + plot_h),
-                           fill=(BLUE, ORANGE, GREEN)[s % 3])
+                           fill=SERIES_COLOURS[s % len(SERIES_COLOURS)])
     draw.line((left, top, left, top + plot_h), fill="black")
     draw.line((left, top + plot_h, left + plot_w, top + plot_h), fill="black")
     for i in range(k):

@@ -133,16 +133,24 @@ def test_committed_weights_evaluate_to_their_result(weights, cifar10_test_split,
 
 
 def test_figure2_from_an_exported_first_phase(tiny_run, tree4, tmp_path):
-    out, _ = tiny_run
+    out, checkpoint = tiny_run
     first_phase = export_run.export(out, out.parent / "ckpt" / "tiny_phase1.pth.tar", tmp_path / "first_phase_seed42")
+    second_phase = export_run.export(out, checkpoint, tmp_path / "metasaug")
     assert figure2.main([str(first_phase / "phase1.pth"), "--data_root", str(tree4), "--out", str(tmp_path / "fig"),
-                         "--batches", "2", "--meta_lr", "0.1", "1000"]) == 0
+                         "--batches", "2", "--meta_lr", "0.1", "1000", "--runs", str(second_phase)]) == 0
     record = json.loads((tmp_path / "fig" / "figure2.json").read_text())
     assert record["rarest_class"] == "class03" and record["network_epoch"] == 1
+    assert list(record["panel_b"])[-2:] == ["metasaug: estimated", "metasaug: learned, meta_lr 0.1"]
     for series in (*record["panel_a"].values(), *record["panel_b"].values()):
         assert len(series) == 5 and series[0] == pytest.approx(1.0)
     shifts = record["relative_shift"]  # exactly proportional to meta_lr: one step from the same estimate
     assert shifts["learned, meta_lr 1000"] == pytest.approx(1e4 * shifts["learned, meta_lr 0.1"], rel=1e-6)
+    assert shifts["metasaug: learned, meta_lr 0.1"] > 0
+    result = json.loads((second_phase / "result.json").read_text())
+    result["config"]["imb_factor"] = 0.5  # a run of another long-tailed subset is refused
+    (second_phase / "result.json").write_text(json.dumps(result))
+    assert figure2.main([str(first_phase / "phase1.pth"), "--data_root", str(tree4), "--out", str(tmp_path / "x"),
+                         "--batches", "1", "--runs", str(second_phase)]) == 2
     assert (tmp_path / "fig" / "figure2.png").stat().st_size > 0
 
 

@@ -3,6 +3,7 @@ divided by the largest), (a) estimated on balanced CIFAR-10 vs on the long-taile
 long-tailed estimate vs the covariance MetaSAug's update uses after its meta step.
 
     python tools/figure2.py NETWORK --data_root data/cifar10 --out DIR [--batches 8] [--meta_lr 0.1 5000]
+                            [--runs RESULTS_DIR ...]
     python tools/figure2.py --study results/cifar10_jpeg/imb100/study --data_root data/cifar10 [--batches 8]
 
 NETWORK is what --init_from reads (a first phase: results/.../first_phase_seed1/phase1.pth), a training
@@ -15,7 +16,9 @@ run trained on (24 images of the rarest class at imbalance 200). (b) From the lo
 MetaSAug's step is taken (float64, as tools/meta_step_size.py) on ``--batches`` training batches that hold
 the rarest class (its meta-gradient is zero in the others), with the run's class weights, lam, lookahead step
 and each ``--meta_lr``; the covariance each step learned is averaged over the batches, and its spectrum drawn
-beside the estimate's. Writes DIR/figure2.png and DIR/figure2.json.
+beside the estimate's. ``--runs``: second phases branched from NETWORK (results folders) add to (b) their own
+final estimate and the covariance their own meta step learns from it with their final network. Writes
+DIR/figure2.png and DIR/figure2.json.
 
 ``--study DIR``: panel (b) for every arm of the meta-step study (each run folder under DIR, as
 tools/export_run.py wrote it): the rarest class's spectrum of the arm's final estimate and, for an arm with a
@@ -105,7 +108,7 @@ def draw(record, path):
     canvas.save(path)
 
 
-def figure2(network, data_root, out, batches, meta_lrs):
+def figure2(network, data_root, out, batches, meta_lrs, runs=()):
     checkpoint = load_run(network, criterion=False)
     config = checkpoint["config"]
     data = run_dataset(config, data_root)
@@ -123,9 +126,16 @@ def figure2(network, data_root, out, batches, meta_lrs):
                                                              batches)
         label = f"learned, meta_lr {meta_lr:g}"
         panel_b[label], shifts[label] = top_singular_values(covariance), shift
+    for run in runs:  # second phases branched from the network: their own estimate, and what their step learned
+        entry, run_name = run_spectra(run, data, subset_key(config), batches), Path(run).name
+        panel_b[f"{run_name}: estimated"] = entry["estimated"]
+        if "learned" in entry:
+            label = f"{run_name}: learned, meta_lr {entry['meta_lr']:g}"
+            panel_b[label], shifts[label] = entry["learned"], entry["relative_shift"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    record = dict(network=str(network), network_epoch=checkpoint["epoch"], dataset=config["dataset"],
+    record = dict(network=str(network), network_epoch=checkpoint["epoch"], runs=[str(run) for run in runs],
+                  dataset=config["dataset"],
                   imb_factor=config["imb_factor"], rarest_class=name, rarest_class_images=data.cls_num_list[rarest],
                   balanced_images=int((labels == rarest).sum()),
                   panel_a=panel_a, panel_b=panel_b, relative_shift=shifts, batches=batches,
@@ -137,29 +147,46 @@ def figure2(network, data_root, out, batches, meta_lrs):
     return record
 
 
+def subset_key(config):
+    """What decides a run's long-tailed training and meta sets."""
+    return tuple(config.get(key, "released") for key in ("dataset", "num_meta", "imb_factor", "imb_profile",
+                                                          "num_classes", "subset"))
+
+
+def run_spectra(run_dir, data, subset, batches):
+    """A finished second phase's rarest-class spectrum: its final estimate and, with a meta step, what the run's
+    own step (its meta_lr and lookahead step) learns from that estimate with its final network. ``data`` is the
+    dataset of ``subset`` (a ``subset_key``), which the run must have trained on."""
+    checkpoint = load_run(run_dir)
+    config = checkpoint["config"]
+    if subset_key(config) != subset:
+        raise CheckpointError(f"{run_dir} trained on another long-tailed subset ({subset_key(config)} vs "
+                              f"{subset}); give runs of one subset")
+    model, rarest = float64_network(checkpoint, data)
+    estimate = EstimatorCV(model.feature_dim, len(data.cls_num_list)).double()
+    estimate.load_state_dict({key.split(".", 1)[1]: value for key, value in checkpoint["criterion"].items()
+                              if key.startswith("estimator.")})
+    entry = dict(epoch=checkpoint["epoch"], estimated=top_singular_values(estimate.covariance[rarest]))
+    if METHODS[config["method"]].meta_step:
+        covariance, shift, lookahead_lr = learned_covariance(model, checkpoint, data, estimate, rarest,
+                                                             config["meta_lr"], batches)
+        entry.update(learned=top_singular_values(covariance), meta_lr=config["meta_lr"], relative_shift=shift,
+                     lookahead_lr=lookahead_lr)
+    return entry
+
+
 def study_spectra(study_dir, data_root, batches):
-    """The rarest class's spectrum, estimated and (with a meta step) learned, of every run under ``study_dir``."""
-    runs, data = {}, None
-    for result_path in sorted(Path(study_dir).glob("*/result.json")):
-        checkpoint = load_run(result_path.parent)
-        config = checkpoint["config"]
-        if data is None:  # every arm of a study trained on the same subset
-            data = run_dataset(config, data_root)
-        model, rarest = float64_network(checkpoint, data)
-        estimate = EstimatorCV(model.feature_dim, len(data.cls_num_list)).double()
-        estimate.load_state_dict({key.split(".", 1)[1]: value for key, value in checkpoint["criterion"].items()
-                                  if key.startswith("estimator.")})
-        entry = dict(epoch=checkpoint["epoch"], estimated=top_singular_values(estimate.covariance[rarest]))
-        if METHODS[config["method"]].meta_step:
-            covariance, shift, lookahead_lr = learned_covariance(model, checkpoint, data, estimate, rarest,
-                                                                 config["meta_lr"], batches)
-            entry.update(learned=top_singular_values(covariance), relative_shift=shift, lookahead_lr=lookahead_lr)
-        runs[result_path.parent.name] = entry
-    if data is None:
+    """``run_spectra`` of every run under ``study_dir`` (one subset: the study's arms share a first phase)."""
+    results = sorted(Path(study_dir).glob("*/result.json"))
+    if not results:
         raise CheckpointError(f"{study_dir} holds no run folder with a result.json")
+    config = json.loads(results[0].read_text())["config"]
+    data = run_dataset(config, data_root)
+    rarest = min(range(len(data.cls_num_list)), key=data.cls_num_list.__getitem__)
+    runs = {path.parent.name: run_spectra(path.parent, data, subset_key(config), batches) for path in results}
     record = dict(rarest_class=data.class_names[rarest], rarest_class_images=data.cls_num_list[rarest],
-                  batches=batches, runs=runs, command=" ".join(["python", "tools/figure2.py", *sys.argv[1:]]),
-                  commit=git_commit())
+                  batches=batches, runs=runs,
+                  command=" ".join(["python", "tools/figure2.py", *sys.argv[1:]]), commit=git_commit())
     (Path(study_dir) / "spectra.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -171,6 +198,9 @@ def main(argv=None):
     parser.add_argument("--data_root", required=True, help="the CIFAR-10 images (train/ and test/)")
     parser.add_argument("--out", help="folder for figure2.png and figure2.json")
     parser.add_argument("--study", help="instead of NETWORK: the meta-step study's folder; writes its spectra.json")
+    parser.add_argument("--runs", nargs="+", default=[],
+                        help="results folders of second phases branched from NETWORK: panel (b) adds each one's "
+                        "final estimate and what its own meta step learns from it")
     parser.add_argument("--batches", type=int, default=8, help="training batches holding the rarest class")
     parser.add_argument("--meta_lr", type=float, nargs="+", default=[0.1, 5000.0],
                         help="meta step sizes for panel (b): the released 0.1, and the study's largest")
@@ -181,7 +211,7 @@ def main(argv=None):
         if args.study:
             print(json.dumps(study_spectra(args.study, args.data_root, args.batches)["runs"], indent=1))
             return 0
-        record = figure2(args.network, args.data_root, args.out, args.batches, args.meta_lr)
+        record = figure2(args.network, args.data_root, args.out, args.batches, args.meta_lr, args.runs)
     except (CheckpointError, DataError, OSError) as error:
         print(f"figure2.py: error: {error}", file=sys.stderr)
         return 2
