@@ -47,12 +47,16 @@ from tools.meta_step_size import load_run, run_dataset  # noqa: E402
 from trainer import learning_rate  # noqa: E402
 
 
+def rarest_class(data):
+    """The index of the class with the fewest long-tailed training images."""
+    return min(range(len(data.cls_num_list)), key=data.cls_num_list.__getitem__)
+
+
 def float64_network(checkpoint, data):
-    """The checkpoint's ResNet-32 in float64, and the index of the class with the fewest training images."""
-    num_classes = len(data.cls_num_list)
-    model = ResNet32(num_classes).double()
+    """The checkpoint's ResNet-32 in float64, and ``rarest_class(data)``."""
+    model = ResNet32(len(data.cls_num_list)).double()
     model.load_state_dict(checkpoint["state_dict"])
-    return model, min(range(num_classes), key=data.cls_num_list.__getitem__)
+    return model, rarest_class(data)
 
 
 def class_covariances(model, images, labels, num_classes, batch=500):
@@ -182,7 +186,7 @@ def study_spectra(study_dir, data_root, batches):
         raise CheckpointError(f"{study_dir} holds no run folder with a result.json")
     config = json.loads(results[0].read_text())["config"]
     data = run_dataset(config, data_root)
-    rarest = min(range(len(data.cls_num_list)), key=data.cls_num_list.__getitem__)
+    rarest = rarest_class(data)
     runs = {path.parent.name: run_spectra(path.parent, data, subset_key(config), batches) for path in results}
     record = dict(rarest_class=data.class_names[rarest], rarest_class_images=data.cls_num_list[rarest],
                   batches=batches, runs=runs,
