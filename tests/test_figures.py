@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from figures import confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
+from figures import SERIES_COLOURS, confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -40,3 +40,17 @@ def test_spectrum_figure(tmp_path):
     image = save_spectrum_png(spectrum, tmp_path / "spectrum.png", "rarest class 'truck', epoch 200")
     assert margins_are_blank(image)
     assert image.width >= 400 and image.height >= 250
+
+
+def test_a_long_legend_wraps_above_the_bars(tmp_path):
+    """Figure 2's panel (b) has six long labels: they wrap to the plot's width instead of widening the image
+    past it, and every series keeps its colour."""
+    labels = [f"metasaug_ce_seed{i}: learned, meta_lr 0.1" for i in range(len(SERIES_COLOURS))]
+    series = {label: [1.0, 0.5 - 0.05 * i, 0.3, 0.2, 0.1] for i, label in enumerate(labels)}
+    image = save_spectrum_png(series, None, "(b) 'truck': estimated vs after the meta step")
+    assert margins_are_blank(image)
+    single_row = save_spectrum_png(dict(list(series.items())[:1]), None, "(b)")
+    assert image.width < 800 and image.height > single_row.height  # wrapped: taller, not wider
+    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    for colour in SERIES_COLOURS:
+        assert (pixels == colour).all(axis=1).sum() > 100, colour

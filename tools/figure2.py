@@ -107,7 +107,7 @@ def draw(record, path):
     canvas = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)), "white")
     x = 0
     for panel in panels:
-        canvas.paste(panel, (x, 0))
+        canvas.paste(panel, (x, canvas.height - panel.height))  # the x axes on one line
         x += panel.width
     canvas.save(path)
 
