@@ -121,28 +121,27 @@ def save_spectrum_png(series, path, title):
     label_h = _text_size("Ag", small)[1]
     left, plot_h, plot_w = PAD + label_h + 8 + axis_w, 200, max(80, 14 * (len(series) + 1)) * k
     row_w = max(plot_w, PAD + _text_size(title, font)[0] - left)  # the legend wraps to this width
-    rows, x = [[]], 0
-    for label in series:
-        entry_w = 14 + _text_size(names.get(label, label), small)[0] + 20
-        if rows[-1] and x + entry_w > row_w:
+    rows, x = [[]], 0  # each legend entry: its series index, text, offset from ``left`` and text width
+    for s, label in enumerate(series):
+        text = names.get(label, label)
+        text_w = _text_size(text, small)[0]
+        if rows[-1] and x + 14 + text_w + 20 > row_w:
             rows.append([])
             x = 0
-        rows[-1].append((label, x))
-        x += entry_w
+        rows[-1].append((s, text, x, text_w))
+        x += 14 + text_w + 20
     top = PAD + label_h + 12 + len(rows) * (label_h + 10)
     width = max(left + plot_w + PAD, PAD + _text_size(title, font)[0] + PAD,
-                left + max(x + 14 + _text_size(names.get(label, label), small)[0] for row in rows for label, x in row))
+                left + max(x + 14 + text_w for row in rows for _, _, x, text_w in row))
     height = top + plot_h + 8 + label_h + 8 + label_h + PAD
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     draw.text((PAD, PAD), title, fill="black", font=font)
-    s = 0
     for r, row in enumerate(rows):  # legend
         y = PAD + label_h + 10 + r * (label_h + 10)
-        for label, x in row:
+        for s, text, x, _ in row:
             draw.rectangle((left + x, y + 2, left + x + 10, y + 12), fill=SERIES_COLOURS[s % len(SERIES_COLOURS)])
-            draw.text((left + x + 14, y), names.get(label, label), fill="black", font=small)
-            s += 1
+            draw.text((left + x + 14, y), text, fill="black", font=small)
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = top + plot_h * (1 - tick)
         draw.line((left, y, left + plot_w, y), fill=(225, 225, 225))
