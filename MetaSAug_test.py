@@ -8,7 +8,7 @@ import sys
 import torch
 
 from checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state_from
-from cli import (HelpFormatter, OneLineParser, UsageError, resolve_device, settle_from_config,
+from cli import (HelpFormatter, OneLineParser, UsageError, add_device_flag, resolve_device, settle_from_config,
                  str2bool)
 from data_utils import CIFAR_NUM_CLASSES, DataError, check_imb_factor, get_img_num_per_cls, load_split, normalize
 from metrics import per_class_accuracy, predict, shot_accuracy, top1_accuracy
@@ -30,7 +30,7 @@ def build_parser():
     p.add_argument("--num_classes", type=int, default=None,
                    help="classes of the checkpoint's classifier; default: the checkpoint's (the dataset's)")
     p.add_argument("--data_root", default=None, help="test images (default data/<dataset>)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_flag(p)
     p.add_argument("--gpu", type=int, default=0, help="CUDA device index")
     p.add_argument("--test-batch-size", dest="test_batch_size", type=int, default=100)
     p.add_argument("--workers", type=int, default=4, help="threads decoding image files")

@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from checkpoint import CheckpointError
-from cli import (HelpFormatter, OneLineParser, UsageError, add_run_file_flags, flag_clashes, require, require_rates,
-                 str2bool, training_config)
+from cli import (HelpFormatter, OneLineParser, UsageError, add_device_flag, add_run_file_flags, flag_clashes, require,
+                 require_rates, str2bool, training_config)
 from data_utils import CAO2019_MEAN, CAO2019_STD, CIFAR_MEAN, CIFAR_NUM_CLASSES, CIFAR_STD, SUBSETS, check_imb_factor
 from loss import BASE_LOSSES
 from meta_layers import LOOKAHEADS, META_GRADIENTS
@@ -129,8 +129,7 @@ def build_parser(prog, description, losses):
                             "(default data/<dataset>)")
     added.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data_root")
     added.add_argument("--imb_profile", default="exp", choices=("exp", "step"), help="long-tail profile")
-    added.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                       help="auto: CUDA when available")
+    add_device_flag(added)
     added.add_argument("--meta_start", type=int, default=160, help="first epoch of the MetaSAug phase")
     added.add_argument("--lr_milestones", type=int, nargs="*", default=[160, 180],
                        help="epochs where lr is multiplied by 0.01 (applied from epoch+1, as released)")

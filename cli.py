@@ -123,6 +123,11 @@ def require_rates(args):
         raise UsageError("--lr must be positive and --lam, --meta_lr non-negative")
 
 
+def add_device_flag(group, help="auto: CUDA when available"):
+    """``--device``, whose choices are the ones ``resolve_device`` understands."""
+    group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=help)
+
+
 def resolve_device(choice, index=0):
     """``auto``: CUDA device ``index`` when CUDA is available, else the CPU."""
     import torch

@@ -19,7 +19,8 @@ sys.path.append(str(HERE.parent))  # the repository's shared modules
 import torch  # noqa: E402
 
 from checkpoint import CheckpointError, load_checkpoint, save_json  # noqa: E402
-from cli import HelpFormatter, OneLineParser, UsageError, one_line, require, resolve_device, settle_from_config  # noqa: E402
+from cli import (HelpFormatter, OneLineParser, UsageError, add_device_flag, one_line, require,  # noqa: E402
+                 resolve_device, settle_from_config)
 from dataloader import DATASETS, DataError, load_data  # noqa: E402
 from dist_utils import init_distributed, launched_world, shutdown  # noqa: E402
 from evaluation import evaluate, format_shots  # noqa: E402
@@ -42,7 +43,7 @@ def build_parser():
     p.add_argument("--data_root", default=None, help="image root of the split files (default data/<dataset>)")
     p.add_argument("--split_dir", default=str(HERE / "data"),
                    help="folder of the split files (default ImageNet_iNat/data)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    add_device_flag(p)
     p.add_argument("--arch", default=None, choices=ARCHS,
                    help="default: the checkpoint's, else resnet50 (resnet18: tests only)")
     p.add_argument("--test_batch_size", type=int, default=512, help="global evaluation batch size")

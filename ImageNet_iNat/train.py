@@ -24,9 +24,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint, save_json  # noqa: E402
-from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, add_run_file_flags, check_resume,  # noqa: E402
-                 clear_files, duration, files_to_clear, git_commit, interrupt_message, one_line, require, require_rates,
-                 resolve_device, str2bool)
+from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, add_device_flag,  # noqa: E402
+                 add_run_file_flags, check_resume, clear_files, duration, files_to_clear, git_commit,
+                 interrupt_message, one_line, require, require_rates, resolve_device, str2bool)
 from dataloader import DATASETS, DataError, epoch_train_keys, load_data, step_meta_indices, step_meta_keys  # noqa: E402
 from dist_utils import (GlobalBatchEstimatorCV, average_gradients, broadcast_from_rank0,  # noqa: E402
                         gather_equal, init_distributed, launched_world, max_deviation_from_rank0,
@@ -159,8 +159,7 @@ def build_parser():
                             "checkpoint or a torchvision ResNet state_dict); required for stage 2")
     added.add_argument("--arch", default="resnet50", choices=ARCHS,
                        help="feature extractor (2048-d); resnet18 (512-d) is for tests and smoke runs only")
-    added.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                       help="auto: this rank's GPU when CUDA is available")
+    add_device_flag(added, "auto: this rank's GPU when CUDA is available")
     added.add_argument("--no-cuda", dest="no_cuda", action="store_true", help="same as --device cpu")
     added.add_argument("--image_size", type=int, default=224,
                        help="crop size; the test resize is image_size * 256/224 (tiny values for tests)")

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli import HelpFormatter, OneLineParser  # noqa: E402  (neither imports torch: --help answers at once)
+from cli import HelpFormatter, OneLineParser, add_device_flag  # noqa: E402  (no torch: --help answers at once)
 from methods import TABLES  # noqa: E402
 
 
@@ -40,8 +40,7 @@ def parse_args(argv):
     p.add_argument("--imb", type=float, nargs="+", default=None, help="imbalance factors (default: the table's)")
     p.add_argument("--rows", nargs="+", default=None, help="run-name stems to keep (default: all the table's rows, "
                                                           "listed below)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto: CUDA where this machine has it; an emitted SLURM sweep asks for GPUs unless cpu")
+    add_device_flag(p, "auto: CUDA where this machine has it; an emitted SLURM sweep asks for GPUs unless cpu")
     p.add_argument("--data_root", default=None, help="default data/<dataset>")
     p.add_argument("--out_root", default="runs", help="results go to <out_root>/<table>/<run name>")
     p.add_argument("--no-share", dest="share", action="store_false",
