@@ -11,7 +11,7 @@ from PIL import Image
 
 import cifar_flags
 import trainer
-from conftest import CE, make_tree, run_together, train_flags
+from conftest import CE, EPOCHS, make_tree, run_together, train_flags
 from data_utils import CAO2019_MEAN, CAO2019_STD, build_dataset
 from MetaSAug_CE_train import LOSSES
 from resnet import NormedLinear
@@ -109,6 +109,14 @@ def test_report_study_table_pairs_each_arm_with_isda_by_branch_seed(runs, tree4,
     deltas = [finals["gamma100_b0"] - finals["isda_b0"], finals["gamma100_b1"] - finals["isda_b1"]]
     assert gamma[7].startswith(f"{sum(deltas) / 2:.2f} ± ") and gamma[7].endswith("(n=2)")
     assert rows["isda"][7] == "–" and rows["released"][6] == "–"  # no pair for itself; b1 not run
+    curves = {name: {h["epoch"]: 100 - h["test_top1"] for h in json.loads((study / name / "result.json").read_text())[
+        "history"] if h["epoch"] > 1 and h.get("test_top1") is not None} for name in arms}  # --meta_start 1
+    leads = [[curves[f"gamma100_b{s}"][e] - curves[f"isda_b{s}"][e] for e in curves[f"isda_b{s}"]] for s in (0, 1)]
+    assert all(len(lead) == EPOCHS - 1 for lead in leads)  # the second phase's epochs only
+    ahead = sum(d < 0 for lead in leads for d in lead)
+    mean_lead = report.fmt(report.summary([sum(lead) / len(lead) for lead in leads]))
+    assert gamma[8] == f"{mean_lead} ({ahead}/{2 * (EPOCHS - 1)})"
+    assert rows["isda"][8] == "–" and rows["released"][8].endswith(f"/{EPOCHS - 1})")
     assert report.main([str(tmp_path / "results"), "--table", "table1", "table5"]) == 0
     text = capsys.readouterr().out  # paper tables only: the study is asked for by name or by 'all'
     assert "Table 1" in text and "Table 5" in text and "Does the meta step matter?" not in text

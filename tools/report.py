@@ -93,7 +93,7 @@ def large_scale_run(result, path):
 def study_arm(result, path):
     """One run of the meta-step study: its arm (the folder's name without ``_b<branch seed>``), knobs, the meta
     step's logged size (the per-epoch mean over classes of ||S_learned - S_est|| / ||S_est||, averaged over the
-    second phase) and its final error."""
+    second phase), its final error and its test error at every second-phase epoch (``curve``)."""
     config = result["config"]
     steps = [h["meta_step_shift_mean"] for h in result["history"] if h.get("meta_step_shift_mean") is not None]
     name = path.parent.name
@@ -101,7 +101,9 @@ def study_arm(result, path):
     meta_step = config["method"] != "isda"
     spectra = path.parent.parent / SPECTRA
     spectrum = json.loads(spectra.read_text())["runs"].get(name) if spectra.is_file() else None
-    return dict(study=arm, method=config["method"], meta_lr=config["meta_lr"] if meta_step else 0.0,
+    curve = {h["epoch"]: 100 - h["test_top1"] for h in result["history"]
+             if h["epoch"] > config["meta_start"] and h.get("test_top1") is not None}
+    return dict(curve=curve, study=arm, method=config["method"], meta_lr=config["meta_lr"] if meta_step else 0.0,
                 lookahead_lr=config.get("lookahead_lr") if meta_step else None, carry=config.get("carry_cv", False),
                 branch_seed=config.get("branch_seed", 0), step=sum(steps) / len(steps) if steps else 0.0,
                 final=result["final_top1_error"], shots=result["shot_accuracy"], dataset=config["dataset"],
@@ -119,25 +121,28 @@ def study_markdown(runs):
     for dataset, imbalance in sorted({key[:2] for key in arms}):
         group = {key[2]: sorted(value, key=lambda r: r["branch_seed"]) for key, value in arms.items()
                  if key[:2] == (dataset, imbalance)}
-        reference = {r["branch_seed"]: r["final"] for arm in group.values() for r in arm if r["method"] == "isda"}
+        isda = {r["branch_seed"]: r for arm in group.values() for r in arm if r["method"] == "isda"}
         seeds = sorted({r["branch_seed"] for arm in group.values() for r in arm})
         name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(dataset, dataset)
         out += [f"#### Does the meta step matter? {name}-LT, imbalance {imbalance}", "",
                 "Second phases branched from one first phase; final-epoch top-1 error (%) per branch seed; "
                 "step: the meta step's logged mean relative shift of a class's covariance (over the classes in "
                 "each batch, averaged over the epochs); Δ: the arm's error minus the ISDA arm's of the same branch "
-                "seed (mean ± sample std over the pairs); rarest Σ: the rarest class's covariance as the arm's "
+                "seed (mean ± sample std over the pairs); per epoch: the same difference at every second-phase epoch, "
+                "averaged over the epochs (mean ± std over the pairs), and at how many of the pairs' epochs the arm's "
+                "error is the lower; rarest Σ: the rarest class's covariance as the arm's "
                 "update uses it: learned by the arm's own meta step (its γ, α as at the second phase's start) from "
                 "its final network and estimate (ISDA: the estimate), singular values 2-5 over the largest, mean over "
                 "branch seeds "
                 f"(tools/figure2.py --study; '–' before its {SPECTRA} has the arm).", "",
                 "| arm | γ (meta_lr) | α (lookahead) | carried Σ | step | " +
-                " | ".join(f"b{seed}" for seed in seeds) + " | Δ vs ISDA | many / medium / few | rarest Σ s2–s5 |",
-                "|---" * (len(seeds) + 8) + "|"]
+                " | ".join(f"b{seed}" for seed in seeds) + " | Δ vs ISDA | Δ per epoch (ahead) | many / medium / few | rarest Σ s2–s5 |",
+                "|---" * (len(seeds) + 9) + "|"]
         for name, arm in sorted(group.items(), key=lambda item: (item[1][0]["step"], item[0])):
             first = arm[0]
             finals = {r["branch_seed"]: r["final"] for r in arm}
-            deltas = [finals[s] - reference[s] for s in finals if s in reference and first["method"] != "isda"]
+            pairs = [(r, isda[r["branch_seed"]]) for r in arm if r["branch_seed"] in isda and first["method"] != "isda"]
+            deltas = [r["final"] - reference["final"] for r, reference in pairs]
             delta = "–" if not deltas else fmt(summary(deltas)) + (f" (n={len(deltas)})" if len(deltas) > 1 else "")
             shots = " / ".join(fmt(summary([r["shots"][k] for r in arm])) if all(
                 r["shots"].get(k) is not None for r in arm) else "–" for k in ("many", "medium", "few"))
@@ -145,9 +150,22 @@ def study_markdown(runs):
             out.append(f"| {name} | {first['meta_lr']:g} | {alpha if first['method'] != 'isda' else '–'} | "
                        f"{'yes' if first['carry'] else 'no'} | {first['step']:.1e} | " +
                        " | ".join(f"{finals[s]:.2f}" if s in finals else "–" for s in seeds) +
-                       f" | {delta} | {shots} | {spectrum_text(arm)} |")
+                       f" | {delta} | {epoch_lead_text(pairs)} | {shots} | {spectrum_text(arm)} |")
         out.append("")
     return out
+
+
+def epoch_lead_text(pairs):
+    """The paired difference at every second-phase epoch both runs evaluated: its mean over the epochs (mean ±
+    std over the pairs), and at how many of the pairs' epochs the arm's error is the lower. Less noisy than the
+    final epoch alone, whose error moves by tenths of a point from one epoch to the next."""
+    leads = [[run["curve"][e] - isda["curve"][e] for e in sorted(run["curve"].keys() & isda["curve"].keys())]
+             for run, isda in pairs]
+    leads = [lead for lead in leads if lead]
+    if not leads:
+        return "–"
+    ahead = sum(d < 0 for lead in leads for d in lead)
+    return f"{fmt(summary([sum(lead) / len(lead) for lead in leads]))} ({ahead}/{sum(map(len, leads))})"
 
 
 def spectrum_text(arm):
