@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cli import OneLineParser  # noqa: E402
-from methods import TABLES, large_scale_cells, row_name  # noqa: E402
+from methods import METHODS, TABLES, large_scale_cells, row_name  # noqa: E402
 
 # The full released protocol (lam: the released commands' per dataset); a run's protocol is said as this plus
 # what it changes.
@@ -98,12 +98,12 @@ def study_arm(result, path):
     steps = [h["meta_step_shift_mean"] for h in result["history"] if h.get("meta_step_shift_mean") is not None]
     name = path.parent.name
     arm = name.rsplit("_b", 1)[0] if name.rsplit("_b", 1)[-1].isdigit() else name
-    meta_step = config["method"] != "isda"
+    meta_step = METHODS[config["method"]].meta_step
     spectra = path.parent.parent / SPECTRA
     spectrum = json.loads(spectra.read_text())["runs"].get(name) if spectra.is_file() else None
     curve = {h["epoch"]: 100 - h["test_top1"] for h in result["history"]
              if h["epoch"] > config["meta_start"] and h.get("test_top1") is not None}
-    return dict(curve=curve, study=arm, method=config["method"], meta_lr=config["meta_lr"] if meta_step else 0.0,
+    return dict(curve=curve, study=arm, meta_step=meta_step, meta_lr=config["meta_lr"] if meta_step else 0.0,
                 lookahead_lr=config.get("lookahead_lr") if meta_step else None, carry=config.get("carry_cv", False),
                 branch_seed=config.get("branch_seed", 0), step=sum(steps) / len(steps) if steps else 0.0,
                 final=result["final_top1_error"], shots=result["shot_accuracy"], dataset=config["dataset"],
@@ -121,7 +121,7 @@ def study_markdown(runs):
     for dataset, imbalance in sorted({key[:2] for key in arms}):
         group = {key[2]: sorted(value, key=lambda r: r["branch_seed"]) for key, value in arms.items()
                  if key[:2] == (dataset, imbalance)}
-        isda = {r["branch_seed"]: r for arm in group.values() for r in arm if r["method"] == "isda"}
+        isda = {r["branch_seed"]: r for arm in group.values() for r in arm if not r["meta_step"]}
         seeds = sorted({r["branch_seed"] for arm in group.values() for r in arm})
         name = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(dataset, dataset)
         out += [f"#### Does the meta step matter? {name}-LT, imbalance {imbalance}", "",
@@ -136,18 +136,19 @@ def study_markdown(runs):
                 "branch seeds "
                 f"(tools/figure2.py --study; '–' before its {SPECTRA} has the arm).", "",
                 "| arm | γ (meta_lr) | α (lookahead) | carried Σ | step | " +
-                " | ".join(f"b{seed}" for seed in seeds) + " | Δ vs ISDA | Δ per epoch (ahead) | many / medium / few | rarest Σ s2–s5 |",
+                " | ".join(f"b{seed}" for seed in seeds) +
+                " | Δ vs ISDA | Δ per epoch (ahead) | many / medium / few | rarest Σ s2–s5 |",
                 "|---" * (len(seeds) + 9) + "|"]
         for name, arm in sorted(group.items(), key=lambda item: (item[1][0]["step"], item[0])):
             first = arm[0]
             finals = {r["branch_seed"]: r["final"] for r in arm}
-            pairs = [(r, isda[r["branch_seed"]]) for r in arm if r["branch_seed"] in isda and first["method"] != "isda"]
+            pairs = [(r, isda[r["branch_seed"]]) for r in arm if r["branch_seed"] in isda and first["meta_step"]]
             deltas = [r["final"] - reference["final"] for r, reference in pairs]
             delta = "–" if not deltas else fmt(summary(deltas)) + (f" (n={len(deltas)})" if len(deltas) > 1 else "")
             shots = " / ".join(fmt(summary([r["shots"][k] for r in arm])) if all(
                 r["shots"].get(k) is not None for r in arm) else "–" for k in ("many", "medium", "few"))
             alpha = "released (lr)" if first["lookahead_lr"] is None else f"{first['lookahead_lr']:g}"
-            out.append(f"| {name} | {first['meta_lr']:g} | {alpha if first['method'] != 'isda' else '–'} | "
+            out.append(f"| {name} | {first['meta_lr']:g} | {alpha if first['meta_step'] else '–'} | "
                        f"{'yes' if first['carry'] else 'no'} | {first['step']:.1e} | " +
                        " | ".join(f"{finals[s]:.2f}" if s in finals else "–" for s in seeds) +
                        f" | {delta} | {epoch_lead_text(pairs)} | {shots} | {spectrum_text(arm)} |")
