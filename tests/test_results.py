@@ -9,7 +9,7 @@ import pytest
 
 import MetaSAug_test
 import trainer
-from conftest import (CE, CIFAR10_ARCHIVE, REPO_ROOT, assert_ok, assert_tensors_equal, load, run_together,
+from conftest import (CE, CIFAR10_ARCHIVE, LDAM, REPO_ROOT, assert_ok, assert_tensors_equal, load, run_together,
                       train_flags, untimed)
 from tools import export_run, figure2, meta_step_size, report
 
@@ -48,6 +48,14 @@ def test_exported_weights_evaluate_to_the_run_s_accuracy(tiny_run, tree4, tmp_pa
                                 capsys)
     assert f"{accuracy:.2f}" == f"{100 - result['final_top1_error']:.2f}"
     assert export_run.main([str(out), str(checkpoint), str(dest)]) == 2
+
+
+@pytest.mark.parametrize("base_loss, words", [("ce", [CE]), ("focal", [CE, "--loss", "focal"]),
+                                               ("la", [CE, "--loss", "la"]), ("ldam", [LDAM])])
+def test_the_exported_command_runs_the_script_that_offers_the_base_loss(base_loss, words):
+    config = dict(dataset="cifar10", imb_factor=0.01, seed=1, loss=base_loss, meta_lr=0.1)
+    said = ["--dataset", "cifar10", "--imb_factor", "0.01", "--seed", "1"]  # said even at their defaults
+    assert export_run.training_command(config, base_loss) == [words[0], *said, *words[1:]]
 
 
 def test_an_exported_first_phase_branches_like_the_run_from_scratch(tree4, tmp_path):

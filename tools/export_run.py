@@ -46,8 +46,8 @@ GPU_NOTE = (" on a GPU (on a CPU it may differ by a few of the 10,000 test image
 
 def training_command(config, base_loss):
     """The script and every flag of ``config`` that differs from its default (paths left out)."""
-    script, module = ((MetaSAug_LDAM_train.__name__, MetaSAug_LDAM_train) if base_loss == "ldam"
-                      else (MetaSAug_CE_train.__name__, MetaSAug_CE_train))
+    module = next(m for m in (MetaSAug_CE_train, MetaSAug_LDAM_train) if base_loss in m.LOSSES)  # the one offering it
+    script = module.__name__
     parser = build_parser(script + ".py", "", module.LOSSES)
     parser.set_defaults(**RECIPES[config.get("recipe", "released")].flags)  # what --recipe sets need not be said
     words = [f"{script}.py"]
