@@ -43,6 +43,7 @@ def test_exported_weights_evaluate_to_the_run_s_accuracy(tiny_run, tree4, tmp_pa
         assert f" {flags}" in command, command
     assert str(tmp_path) not in command  # machine-specific paths stay out
     assert (dest / "model.pth").stat().st_size < 2 * 1024 * 1024
+    assert list(out.glob("*.png")) and not list(dest.glob("*.png"))  # figures: numbers in result.json, not images
     accuracy = printed_accuracy(["--checkpoint_path", dest / "model.pth", "--data_root", tree4, "--num_classes", 4,
                                  "--imb_factor", 0.1, "--num_meta", 2, "--device", "cpu", "--test-batch-size", 16],
                                 capsys)

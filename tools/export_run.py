@@ -34,7 +34,8 @@ from checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoi
 from cifar_flags import RECIPES, build_parser  # noqa: E402
 from cli import OneLineParser  # noqa: E402
 
-COPIED = ("result.json", "confusion_matrix.png", "covariance_spectrum.png", "train.log", "stdout.log", "NOTES.txt")
+# the run's PNG figures stay out of results/: result.json holds their numbers, the events the confusion matrices
+COPIED = ("result.json", "train.log", "stdout.log", "NOTES.txt")
 MACHINE_SPECIFIC = ("data_root", "checkpoint_dir", "out_dir", "resume", "init_from", "workers", "device", "gpu",
                     "no_cuda", "print_freq", "overwrite", "download")
 
