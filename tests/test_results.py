@@ -175,6 +175,9 @@ def test_figure2_study_spectra_feed_the_report_s_study_table(tiny_run, tree4, tm
     assert record["rarest_class"] == "class03" and entry["epoch"] == 2 and entry["relative_shift"] > 0
     for series in (entry["estimated"], entry["learned"]):
         assert len(series) == 5 and series[0] == pytest.approx(1.0)
+    smallest, largest = entry["smallest_eigenvalue"], entry["largest_eigenvalue"]
+    assert len(smallest) == len(largest) == 4  # every class; the estimator keeps Σ positive semi-definite
+    assert all(-1e-6 * top <= low <= top and top > 0 for low, top in zip(smallest, largest)), (smallest, largest)
     capsys.readouterr()
     assert report.main([str(tmp_path / "results"), "--table", "study"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| released |"))

@@ -23,7 +23,9 @@ DIR/figure2.png and DIR/figure2.json.
 ``--study DIR``: panel (b) for every arm of the meta-step study (each run folder under DIR, as
 tools/export_run.py wrote it): the rarest class's spectrum of the arm's final estimate and, for an arm with a
 meta step, of the covariance its own step (its meta_lr and lookahead step) learns from that estimate with its
-final network, as above. Writes DIR/spectra.json, which tools/report.py's study table reads.
+final network, as above; and every class's smallest and largest eigenvalue of the final estimate (below zero:
+no longer a covariance, which ``--carry_cv`` allows; the spectra are singular values, the eigenvalues' sizes).
+Writes DIR/spectra.json, which tools/report.py's study table reads.
 """
 import json
 import sys
@@ -170,7 +172,9 @@ def run_spectra(run_dir, data, subset, batches):
     estimate = EstimatorCV(model.feature_dim, len(data.cls_num_list)).double()
     estimate.load_state_dict({key.split(".", 1)[1]: value for key, value in checkpoint["criterion"].items()
                               if key.startswith("estimator.")})
-    entry = dict(epoch=checkpoint["epoch"], estimated=top_singular_values(estimate.covariance[rarest]))
+    eigenvalues = torch.linalg.eigvalsh(estimate.covariance)
+    entry = dict(epoch=checkpoint["epoch"], estimated=top_singular_values(estimate.covariance[rarest]),
+                 smallest_eigenvalue=eigenvalues[:, 0].tolist(), largest_eigenvalue=eigenvalues[:, -1].tolist())
     if METHODS[config["method"]].meta_step:
         covariance, shift, lookahead_lr = learned_covariance(model, checkpoint, data, estimate, rarest,
                                                              config["meta_lr"], batches)
