@@ -138,6 +138,9 @@ def test_report_csv_and_latex(runs, capsys):
     ce = next(line for line in lines if line["row"] == "Cross-entropy training")
     assert ce["imbalance"] == "10" and ce["n"] == "1" and ce["paper"] == "13.82" and ce["partial_test_set"] == "0"
     assert float(ce["delta_final_minus_paper"]) == pytest.approx(float(ce["final_mean"]) - 13.82, abs=1e-3)
+    assert report.main([str(root / "runs"), "--table", "table5", "--format", "csv"]) == 0
+    rows = {line["row"] for line in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert "CE-DRW" not in rows  # a row of no paper table is printed once, under Table 1
     assert report.main([str(root / "runs"), "--table", "table5", "--format", "latex"]) == 0
     text = capsys.readouterr().out
     assert "\\begin{tabular}{lc}" in text and "MetaSAug w/o meta-learning &" in text

@@ -219,8 +219,18 @@ def cell(group, paper):
     return figures
 
 
-def select(spec, table_name, runs, other_rows, imbalances, show_all):
-    """The table's grid: for each protocol with runs, its rows x imbalances of cells."""
+def rows_elsewhere(paper, name):
+    """The rows of the other CIFAR tables, and whether table ``name`` is its dataset's first table: rows of no
+    table (LA, CE-DRW, ...) are printed there only, under Table 1 or 2, not again under Table 5."""
+    tables = {other: spec for other, spec in paper["tables"].items() if spec.get("kind") != "large-scale"}
+    others = {TABLES[name].label(row) for other, spec in tables.items() if other != name for row in spec["rows"]}
+    home = min(other for other, spec in tables.items() if spec["dataset"] == tables[name]["dataset"])
+    return others - set(tables[name]["rows"]), name == home
+
+
+def select(spec, table_name, runs, other_rows, imbalances, show_all, extras):
+    """The table's grid: for each protocol with runs, its rows (and, with ``extras``, rows of no paper table)
+    x imbalances of cells."""
     table = TABLES[table_name]
     runs = [dict(r, row=table.label(r["row"])) for r in runs if "row" in r and r["dataset"] == spec["dataset"]]
     if imbalances:
@@ -231,7 +241,7 @@ def select(spec, table_name, runs, other_rows, imbalances, show_all):
         groups = defaultdict(list)
         for r in chosen:
             groups[r["row"], r["imbalance"]].append(r)
-        extra = sorted({r["row"] for r in chosen} - set(spec["rows"]) - other_rows)
+        extra = sorted({r["row"] for r in chosen} - set(spec["rows"]) - other_rows) if extras else []
         rows = [row for row in list(spec["rows"]) + extra if show_all or any(k[0] == row for k in groups)]
         if not rows:
             continue
@@ -404,9 +414,8 @@ def main(argv=None):
             if spec.get("kind") == "large-scale":
                 grids = select_large_scale(spec, name, runs, args.all)
             else:
-                others = {TABLES[name].label(row) for other, s in paper["tables"].items()
-                          if other != name and s.get("kind") != "large-scale" for row in s["rows"]}
-                grids = select(spec, name, runs, others - set(spec["rows"]), args.imbalance, args.all)
+                others, extras = rows_elsewhere(paper, name)
+                grids = select(spec, name, runs, others, args.imbalance, args.all, extras)
             if args.format == "markdown":
                 out += markdown(spec, grids)
             elif args.format == "latex":
