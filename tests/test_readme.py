@@ -32,3 +32,15 @@ def test_every_report_table_is_the_report_of_the_committed_results(monkeypatch):
     assert readme_reports.BLOCK.findall(README), "the README's results come from tools/report.py blocks"
     monkeypatch.chdir(REPO_ROOT)
     assert readme_reports.regenerate(README) == README, "regenerate them: python tools/readme_reports.py"
+
+
+def test_an_empty_report_block_is_filled_without_swallowing_what_follows(monkeypatch, tmp_path):
+    from tools import readme_reports
+    (tmp_path / "results").mkdir()
+    monkeypatch.chdir(tmp_path)
+    opening = "<!-- python tools/report.py results --table table1; tests/test_readme.py keeps it current -->\n"
+    text = f"{opening}<!-- end of report -->\n\n## Next section\n\n{opening}old table\n<!-- end of report -->\n"
+    report = readme_reports.regenerate(text).split("## Next section")
+    assert len(report) == 2 and "old table" not in report[1]
+    assert report[0].count("No run belongs to the tables asked for") == report[1].count("No run belongs") == 1
+    assert readme_reports.regenerate(readme_reports.regenerate(text)) == readme_reports.regenerate(text)

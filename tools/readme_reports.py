@@ -14,8 +14,10 @@ sys.path.insert(0, str(REPO))
 
 from tools import report  # noqa: E402
 
-BLOCK = re.compile(r"(<!-- (python tools/report\.py [^;]*); tests/test_readme\.py keeps it current -->\n)(.*?)"
-                   r"(\n<!-- end of report -->)", re.S)
+# A block's text stops at the first end marker and never runs into the next block's opening comment, so that an
+# empty block (a new section's) is filled without swallowing what follows it.
+BLOCK = re.compile(r"(<!-- (python tools/report\.py [^;]*); tests/test_readme\.py keeps it current -->\n)"
+                   r"((?:(?!<!-- python tools/report\.py).)*?)\n?(<!-- end of report -->)", re.S)
 
 
 def regenerate(text):
@@ -23,7 +25,7 @@ def regenerate(text):
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             report.main(match.group(2).split()[2:])
-        return match.group(1) + buffer.getvalue().rstrip("\n") + match.group(4)
+        return match.group(1) + buffer.getvalue().rstrip("\n") + "\n" + match.group(4)
     return BLOCK.sub(output, text)
 
 
