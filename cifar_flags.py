@@ -20,10 +20,12 @@ from methods import METHODS, meta_stepping, method_help
 MUST_MATCH = {
     **dict.fromkeys(("dataset", "num_classes", "num_meta", "imb_factor", "imb_profile", "seed", "batch_size",
                      "epochs", "lr", "lr_milestones", "momentum", "nesterov", "weight_decay", "meta_start",
-                     "channels_last", "amp", "max_train_batches", "eval_every", "max_test_batches", "recipe",
-                     "subset"), "both"),
+                     "channels_last", "amp", "max_train_batches", "max_test_batches", "recipe", "subset"),
+                  "both"),
+    # eval_every changes what is evaluated, never what trains (tests/test_run_table.py: bit-identical weights), so
+    # a first phase evaluated every fifth epoch serves a branch evaluated every epoch.
     **dict.fromkeys(("lam", "meta_lr", "loss", "gamma", "max_m", "beta", "lookahead", "method", "lookahead_lr",
-                     "carry_cv", "branch_seed"), "run"),
+                     "carry_cv", "branch_seed", "eval_every"), "run"),
     **dict.fromkeys(("compile", "test_batch_size"), "first phase"),
 }
 FREE = ("no_cuda", "split", "print_freq", "gpu", "save_name", "idx", "data_root", "download", "device", "workers",

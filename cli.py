@@ -76,6 +76,19 @@ def positive_number(text):
     return value
 
 
+def imbalance_factor(text):
+    """argparse type of an imbalance as a user writes it: a factor in (0, 1] (0.02, the training scripts'
+    --imb_factor) or a ratio above 1 (50, as the paper's tables say it); returns the factor."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected an imbalance factor in (0, 1] such as 0.02 or a ratio above 1 "
+                                         f"such as 50, got {text!r}")
+    return value if value <= 1 else 1 / value
+
+
 def add_run_file_flags(group, checkpoint_dir, checkpoint_help):
     """--checkpoint_dir, --out_dir, --resume and --overwrite: where a run writes, and what may happen to an
     existing run of the same --save_name (files_to_clear and check_resume act on them)."""
@@ -180,7 +193,9 @@ def run_files(args, checkpoints):
     figures and TensorBoard events."""
     out = Path(args.out_dir)
     paths = list(checkpoints)
-    paths += [out / name for name in ("result.json", "train.log", "confusion_matrix.png", "covariance_spectrum.png")]
+    paths += [out / name for name in ("result.json", "train.log")]
+    paths += [out / f"{figure}.{extension}" for figure in ("confusion_matrix", "covariance_spectrum")
+              for extension in ("png", "pdf")]
     paths += sorted(out.glob("events.out.tfevents.*")) if out.is_dir() else []
     return [path for path in paths if path.is_file()]
 
@@ -255,12 +270,19 @@ def check_resume(args, state, must_match, prog):
                               f"pass the checkpoint's values or start a new run")
 
 
-def git_commit():
-    """HEAD of the code's repository, with ``+dirty`` when tracked files differ from it; None outside git."""
+# What is not code: a run's provenance is "+dirty" only when the code that ran differs from the commit, not when
+# results were added or removed (a device's copy of the repository may lack results/) or prose changed.
+NOT_CODE = (":(exclude)results", ":(exclude)docs", ":(exclude)*.md")
+
+
+def git_commit(repository=Path(__file__).parent):
+    """HEAD of the code's repository, with ``+dirty`` when a tracked file of code (every tracked file but
+    NOT_CODE's) differs in the working tree from HEAD, whatever git's index holds; None outside git."""
     def git(*words):
-        return subprocess.run(["git", *words], cwd=Path(__file__).parent, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", *words], cwd=repository, capture_output=True, text=True, check=True)
     try:
-        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        head = git("rev-parse", "HEAD").stdout.strip()
+        changed = git("diff", "--name-only", "HEAD", "--", ".", *NOT_CODE).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+    return head + ("+dirty" if changed else "")

@@ -1,8 +1,10 @@
 """tools/run_table.py: the plan (shared first phases, estimates), a real tiny sweep that skips finished
-runs and resumes interrupted ones, Ctrl-C, and refusals."""
+runs and resumes interrupted ones, Ctrl-C, and refusals; building on committed results (--reuse, --export) and
+the report that pools them; the SLURM path; provenance (the commit's +dirty) and the --eval_every protocol."""
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -12,9 +14,11 @@ import time
 import pytest
 import torch
 
-from conftest import REPO_ROOT, make_tree, untimed
+from conftest import (CE, REPO_ROOT, assert_ok, assert_tensors_equal, call_main, load, make_tree, run_together,
+                      train_flags, untimed)
 import timing
-from tools import run_table
+from cli import git_commit
+from tools import report, run_table
 from tools import sweep as sweep_module
 
 REDUCED = ["--epochs", "20", "--meta_start", "16", "--lr_milestones", "16", "18"]
@@ -239,7 +243,8 @@ def test_an_emitted_slurm_sweep_asks_for_gpus_and_names_nothing_of_this_machine(
     assert "source ~/venv/bin/activate" in files["branches.sbatch"]
     assert files["branches.txt"].startswith("python tools/run_table.py table1 ")
     submit = files["submit.sh"]
-    assert re.search(r"branches=\$\(sbatch --parsable --dependency=afterok", submit)
+    assert re.search(r'branches=\$\(sbatch --parsable --array=0-1 '
+                     r'--dependency=afterok:\S+_0" --kill-on-invalid-dep=yes', submit)  # its own first phase's task
     assert re.search(r"scratch=\$\(sbatch --parsable \S*scratch.sbatch", submit)  # CB-CE needs no first phase
     assert run_table.main(argv[:-len(REDUCED) - 2] + ["--device", "cpu", "--emit", "slurm", "sweeps/cpu",
                                                      *REDUCED]) == 0
@@ -270,22 +275,26 @@ def test_two_jobs_at_once_on_the_cpu(sweep, tmp_path, capfd):
         assert "final top-1 error" in console
 
 
-SLURM_TOOLS = ("sbatch", "squeue", "slurmctld", "slurmd", "munged")
+SLURM_TOOLS = ("sbatch", "squeue", "scontrol", "slurmctld", "slurmd", "munged")
 
 
 @pytest.mark.skipif(any(shutil.which(t) is None for t in SLURM_TOOLS),
                     reason="SLURM is not installed (Debian: apt-get install slurm-wlm munge)")
-def test_emitted_slurm_arrays_run_on_a_local_cluster(sweep, tmp_path):
+def test_emitted_slurm_arrays_run_on_a_local_cluster_and_a_failed_first_phase_stops_only_its_branches(sweep, tmp_path):
     cluster = tmp_path / "cluster"
     started = subprocess.run(["bash", str(REPO_ROOT / "tools" / "local_slurm.sh"), "start", str(cluster)],
                              capture_output=True, text=True, timeout=120)
     if started.returncode != 0:
         pytest.skip(f"could not start a local SLURM cluster: {started.stderr.strip()[-300:]}")
     env = {**os.environ, "SLURM_CONF": str(cluster / "slurm.conf")}
+    two_seeds = sweep[:sweep.index("--seeds") + 1] + ["1", "2"] + sweep[sweep.index("--seeds") + 2:]
+    # Seed 2's first phase fails when it writes its first checkpoint: a folder stands where the file goes.
+    checkpoints = tmp_path / "runs" / "table5" / "checkpoints"
+    (checkpoints / "table5_cifar10_isda_first_phase_imb0.5_seed2_ckpt.pth.tar").mkdir(parents=True)
     try:
         folder = tmp_path / "slurm"
-        emit = sweep + ["--emit", "slurm", str(folder), "--cpus_per_task", "1", "--time", "00:20:00",
-                        "--python", sys.executable]  # this test's interpreter, not the nodes' "python"
+        emit = two_seeds + ["--emit", "slurm", str(folder), "--cpus_per_task", "1", "--time", "00:20:00",
+                            "--python", sys.executable]  # this test's interpreter, not the nodes' "python"
         assert subprocess.run([sys.executable, "tools/run_table.py", *emit], env=env, cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=120).returncode == 0
         submitted = subprocess.run(["bash", str(folder / "submit.sh")], env=env, capture_output=True, text=True,
@@ -297,14 +306,259 @@ def test_emitted_slurm_arrays_run_on_a_local_cluster(sweep, tmp_path):
             if not queue:
                 break
             time.sleep(3)
-        assert not queue, f"still queued after 15 min:\n{queue}"
+        assert not queue, f"still queued after 15 min (a branch pending forever?):\n{queue}"
+        groups = dict(re.findall(r"branches of \S+seed(\d) .*: job (\d+)", submitted.stdout))
+        cancelled = subprocess.run(["scontrol", "show", "job", groups["2"]], env=env, capture_output=True,
+                                   text=True).stdout
     finally:
         subprocess.run(["bash", str(REPO_ROOT / "tools" / "local_slurm.sh"), "stop", str(cluster)], timeout=60)
     logs = {p.name: p.read_text() for p in (folder / "logs").iterdir()}
     assert sorted(results(tmp_path)) == ["table5_cifar10_isda_imb0.5_seed1",
                                          "table5_cifar10_metasaug_ce_imb0.5_seed1"], logs
-    assert sum(name.startswith("first_phases_") for name in logs) == 1
+    assert sum(name.startswith("first_phases_") for name in logs) == 2
     branches = [text for name, text in logs.items() if name.startswith("branches_")]
-    assert len(branches) == 2
-    for text in branches:  # each branch started after its first phase had finished
-        assert "branching at epoch 3 from the first phase" in text and "not finished" not in text
+    assert len(branches) == 2  # seed 1's; seed 2's never started
+    for text in branches:  # each branch started after its own first phase had finished
+        assert "branching at epoch 3 from the first phase" in text and "seed1" in text
+    assert "JobState=CANCELLED" in cancelled and "Reason=DependencyNeverSatisfied" in cancelled, cancelled
+    assert f"job {groups['2']}" in logs["submitted.txt"]  # which job is which, for the user reading squeue
+
+
+# ---------------------------------------------------------------------------------------------
+# Building on committed results: --export writes them, --reuse builds on them, the report pools them
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny sweep (one first phase, two branches, --eval_every 2) exported into a committed-style tree: the
+    sweep's arguments, its out_root and the tree (read only)."""
+    base = tmp_path_factory.mktemp("exported")
+    data = make_tree(base / "data", 10, train=12, test=4)
+    argv = ["table5", "--rows", "isda", "metasaug_ce", "--imb", "2", "--seeds", "1", "--device", "cpu",
+            "--data_root", str(data), "--out_root", str(base / "runs"), "--export", str(base / "results"), *TINY,
+            "--eval_every", "2"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        assert run_table.main(argv) == 0
+    return argv, base / "runs" / "table5", base / "results"
+
+
+def test_export_writes_each_finished_training_in_the_committed_layout_once(exported, capfd):
+    argv, runs, tree = exported
+    assert sorted(p.relative_to(tree).as_posix() for p in tree.glob("*/*")) == [
+        "imb2/first_phase_seed1", "imb2/isda_seed1", "imb2/metasaug_ce_seed1"]
+    first_phase = tree / "imb2" / "first_phase_seed1"
+    assert {"phase1.pth", "README.md", "NOTES.txt", "train.log"} <= {p.name for p in first_phase.iterdir()}
+    for stem in ("isda", "metasaug_ce"):
+        run = tree / "imb2" / f"{stem}_seed1"
+        assert {"result.json", "model.pth", "criterion.pth", "README.md", "NOTES.txt", "train.log"} <= {
+            p.name for p in run.iterdir()}
+        assert (run / "result.json").read_bytes() == (runs / f"table5_cifar10_{stem}_imb0.5_seed1" /
+                                                      "result.json").read_bytes()
+        readme = (run / "README.md").read_text()
+        assert "from the committed first phase [first_phase_seed1](../first_phase_seed1)" in readme
+        assert f"--init_from {first_phase / 'phase1.pth'}" in readme
+        notes = (run / "NOTES.txt").read_text().splitlines()
+        assert re.match(r"\S+ launched table5_cifar10_\S+ \(branch\) on .+: the CPU, 1 CPU thread of \d+ cores "
+                        r".*torch .*: MetaSAug_CE_train.py .*--init_from \S+ \(commit [0-9a-f]{40}", notes[0]), notes
+        assert notes[1].endswith("exited with code 0")
+        assert re.fullmatch(r"time: epoch 3 on the CPU, [\d.]+ CPU-hours \(wall time of training and evaluation\); "
+                            rf"epochs 1-2 are the committed first phase's \({re.escape(str(first_phase))}\)", notes[2])
+    assert (first_phase / "NOTES.txt").read_text().splitlines()[-1].startswith("time: epochs 1-2 on the CPU, ")
+    before = {p: p.stat().st_mtime_ns for p in tree.rglob("*")}
+    assert run_table.main(argv) == 0  # all done and exported: nothing is trained or written again
+    assert "== " not in capfd.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in tree.rglob("*")} == before
+
+
+def test_reuse_branches_from_a_committed_first_phase_and_counts_committed_runs_done(exported, tmp_path, capfd):
+    argv, _, committed_tree = exported
+    tree = tmp_path / "results"
+    shutil.copytree(committed_tree, tree)
+    data = argv[argv.index("--data_root") + 1]
+    sweep = ["table5", "--imb", "2", "--seeds", "1", "--device", "cpu", "--data_root", data, "--out_root",
+             str(tmp_path / "runs"), "--reuse", str(tree), "--export", str(tree), *TINY]  # --eval_every: theirs
+    assert run_table.main(sweep + ["--emit", "slurm", str(tmp_path / "slurm")]) == 0
+    out = capfd.readouterr().out
+    assert ("reused from {}: 1 first phase (their branches start from the committed phase1.pth), 2 runs (done); "
+            "the committed runs were evaluated with --eval_every 2, this sweep's with --eval_every 2").format(
+        tree) in out
+    assert not (tmp_path / "slurm" / "first_phases.txt").exists()
+    assert "branches of first phases already there: job ${branches%%;*}, tasks 0-0" in (
+        tmp_path / "slurm" / "submit.sh").read_text()  # the one branch left waits for nothing
+    assert run_table.main(sweep + ["--emit", "commands"]) == 0
+    commands = capfd.readouterr().out.strip().splitlines()
+    assert len(commands) == 1 and "--run table5_cifar10_metasaug_no_reweight_imb0.5_seed1" in commands[0]
+    assert f"--reuse {tree} --export {tree}" in commands[0] and commands[0].endswith("--eval_every 2")
+    with pytest.MonkeyPatch.context() as patch:  # what the scheduler's task runs
+        patch.setenv("OMP_NUM_THREADS", "1")
+        assert run_table.main(shlex.split(commands[0])[2:]) == 0
+    assert "== exported table5_cifar10_metasaug_no_reweight_imb0.5_seed1" in capfd.readouterr().out
+    result = json.loads((tmp_path / "runs" / "table5" / "table5_cifar10_metasaug_no_reweight_imb0.5_seed1" /
+                         "result.json").read_text())
+    assert result["config"]["init_from"] == str(tree / "imb2" / "first_phase_seed1" / "phase1.pth")
+    assert result["config"]["eval_every"] == 2
+    readme = (tree / "imb2" / "metasaug_no_reweight_seed1" / "README.md").read_text()
+    assert "from the committed first phase [first_phase_seed1](../first_phase_seed1)" in readme
+    assert run_table.main(sweep) == 0  # every cell committed now: nothing to train or export
+    out = capfd.readouterr().out
+    assert "0 to start; 4 committed under --reuse (not trained)" in out and "== " not in out
+    # Another evaluation protocol reuses the first phase (evaluating trains nothing) but none of the runs, and
+    # says so.
+    assert run_table.main(sweep[:sweep.index("--export")] + ["--out_root", str(tmp_path / "other"), *TINY,
+                                                            "--eval_every", "1", "--dry-run"]) == 0
+    out = capfd.readouterr().out
+    assert "1 first phase (" in out and "0 runs (done)" in out and "this sweep's with --eval_every 1" in out
+
+
+def test_reuse_branches_a_row_planned_alone_from_the_committed_first_phase(exported, tmp_path, capsys):
+    argv, _, tree = exported
+    data = argv[argv.index("--data_root") + 1]
+    sweep = ["table5", "--rows", "metasaug_no_reweight", "--imb", "2", "--seeds", "1", "--device", "cpu",
+             "--data_root", data, "--out_root", str(tmp_path / "runs"), "--reuse", str(tree), "--dry-run",
+             "--verbose", *TINY]
+    assert run_table.main(sweep) == 0
+    out = capsys.readouterr().out
+    assert "reused from {}: 1 first phase".format(tree) in out
+    (command,) = [line for line in out.splitlines() if line.startswith("[branch, new]")]
+    assert f"--init_from {tree / 'imb2' / 'first_phase_seed1' / 'phase1.pth'}" in command
+    assert run_table.main(sweep[:sweep.index("--reuse")] + sweep[sweep.index("--dry-run"):]) == 0
+    assert "[scratch, new]" in capsys.readouterr().out  # without --reuse a row alone trains from scratch
+
+
+def test_export_refuses_a_folder_that_holds_another_run(exported, tmp_path, capsys):
+    argv, _, tree = exported
+    other = argv[:argv.index("--out_root")] + ["--out_root", str(tmp_path / "runs"), "--export", str(tree), *TINY,
+                                                "--eval_every", "1"]
+    assert run_table.main(other) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "first_phase_seed1 exists and holds another first phase" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_report_pools_a_cell_across_roots_and_over_eval_every(exported, tmp_path, capsys):
+    _, runs, tree = exported
+    assert report.main([str(tree), str(runs)]) == 0
+    assert "2 runs under" in capsys.readouterr().out  # an exported copy is the same run: counted once
+    committed = json.loads((tree / "imb2" / "isda_seed1" / "result.json").read_text())
+    assert committed["evaluated_epochs"] == [2, 3]
+    history = [dict(h, test_top1=99.0) if h["epoch"] == 1 else h for h in committed["history"]]  # evaluated, best
+    every_epoch = dict(committed, seed=2, final_top1_error=committed["final_top1_error"] + 2, history=history,
+                       config=dict(committed["config"], eval_every=1), evaluated_epochs=[1, 2, 3])
+    (tmp_path / "sweep" / "isda").mkdir(parents=True)
+    (tmp_path / "sweep" / "isda" / "result.json").write_text(json.dumps(every_epoch))
+    assert report.main([str(tree), str(tmp_path / "sweep"), "--table", "table5"]) == 0
+    text = capsys.readouterr().out
+    row = next(line for line in text.splitlines() if line.startswith("| MetaSAug w/o meta-learning |"))
+    best = min(100 - h["test_top1"] for h in committed["history"] if h["epoch"] in (2, 3))  # epoch 1: not by both
+    assert f"**{committed['final_top1_error'] + 1:.2f} ± 1.41** (best {best:.2f} ± 0.00, n=2)" in row
+    assert "Best epoch over every 2 epochs to epoch 2, then every epoch (--eval_every 2)." in text
+    assert text.count("Protocol:") == 1  # one protocol: the cell pools both runs
+    # A cell whose runs all evaluated every epoch: where cells differ, each says over which epochs its best is.
+    (tmp_path / "sweep" / "no_reweight").mkdir()
+    (tmp_path / "sweep" / "no_reweight" / "result.json").write_text(json.dumps(
+        dict(every_epoch, config=dict(every_epoch["config"], method="metasaug_no_reweight"))))
+    assert report.main([str(tree), str(tmp_path / "sweep"), "--table", "table5"]) == 0
+    text = capsys.readouterr().out
+    assert "Best epoch over" not in text
+    rows = {}
+    for line in text.splitlines():  # the error table's rows, the first of each name
+        rows.setdefault(line.split(" | ")[0], line)
+    assert "(best 1.00 over every epoch, n=1)" in rows["| MetaSAug w/o re-weighting"]
+    assert f"(best {best:.2f} ± 0.00 over every 2 epochs to epoch 2" in rows["| MetaSAug w/o meta-learning"]
+
+
+@pytest.mark.parametrize("main, argv, flag", [(run_table.main, ["table5", "--imb", "0", "--dry-run"], "--imb"),
+                                              (run_table.main, ["table5", "--imb", "x", "--dry-run"], "--imb"),
+                                              (report.main, [".", "--imbalance", "-1"], "--imbalance")])
+def test_a_bad_imbalance_is_named_by_the_flag_typed(main, argv, flag, capsys):
+    code, err, _ = call_main(main, argv, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"argument {flag}: expected an imbalance factor in (0, 1] such as 0.02 or a ratio above 1 such as 50" in err
+
+
+def test_the_imbalance_is_a_factor_or_a_ratio_alike(exported, capsys):
+    assert dry_run(["table5", "--imb", "50", "0.05", "--seeds", "1", "--device", "cpu"], capsys)[0].startswith(
+        "table5 (cifar10): 6 runs from 8 trainings (2 shared first phases), imbalance 0.02 0.05, seeds 1")
+    _, _, tree = exported
+    for imbalance in ("2", "0.5"):
+        assert report.main([str(tree), "--imbalance", imbalance]) == 0
+        assert "| imbalance 2 |" in capsys.readouterr().out
+    assert report.main([str(tree), "--imbalance", "0.1"]) == 0
+    assert "imbalance 2" not in capsys.readouterr().out
+
+
+def test_data_root_must_exist_here_for_a_local_sweep_and_where_the_jobs_run_for_an_emitted_one(tmp_path, capsys):
+    missing = ["table5", "--seeds", "1", "--imb", "0.01", "--device", "cpu", "--data_root", str(tmp_path / "none"),
+               "--out_root", str(tmp_path / "runs")]
+    code, err, _ = call_main(run_table.main, missing, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"--data_root {tmp_path / 'none'} does not exist; extract the dataset there" in err
+    assert run_table.main(missing + ["--dry-run"]) == 0
+    assert "does not exist here" in capsys.readouterr().out
+    assert run_table.main(missing + ["--emit", "slurm", str(tmp_path / "slurm")]) == 0
+    assert (f"--data_root {tmp_path / 'none'} must exist where the jobs run (relative paths: in the repository "
+            f"there); it does not on this machine") in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slurm"]
+
+
+def test_sweeps_folder_is_ignored_by_git():
+    ignored = subprocess.run(["git", "check-ignore", "-q", "sweeps/table1/submit.sh"], cwd=REPO_ROOT)
+    assert ignored.returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# What the committed runs' protocol and provenance rest on
+# ---------------------------------------------------------------------------------------------
+
+def test_evaluating_every_epoch_or_every_fifth_trains_bit_identically(tree4, tmp_path):
+    """Evaluation draws no random number the training uses (its subset has its own seeded generator, the
+    training's streams are keyed by seed, epoch and iteration) and changes no weight (eval mode), so the final
+    weights do not depend on --eval_every: runs of either pool in one report cell."""
+    def flags(every):
+        return train_flags(tree4, tmp_path / f"every{every}", name="run") + [
+            "--epochs", 7, "--meta_start", 6, "--lr_milestones", 6, "--eval_every", every, "--max_test_batches", 1]
+
+    for proc in run_together([(CE, flags(1)), (CE, flags(5))], tmp_path):
+        assert_ok(proc)
+    every1, every5 = (load(tmp_path / f"every{n}" / "ckpt" / "run_ckpt.pth.tar") for n in (1, 5))
+    for key in ("state_dict", "optimizer", "criterion", "epoch_sums"):
+        assert_tensors_equal(every1[key], every5[key], key)
+    results = [json.loads((tmp_path / f"every{n}" / "out" / "result.json").read_text()) for n in (1, 5)]
+    assert [r["evaluated_epochs"] for r in results] == [[1, 2, 3, 4, 5, 6, 7], [5, 6, 7]]
+    assert [h["train_loss"] for h in results[0]["history"]] == [h["train_loss"] for h in results[1]["history"]]
+    assert results[0]["final_top1_error"] == results[1]["final_top1_error"]
+
+
+def test_a_commit_is_dirty_only_when_tracked_code_differs_from_it(tmp_path):
+    def git(*words):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *words], cwd=repo, check=True,
+                       capture_output=True)
+
+    repo = tmp_path / "repo"
+    for name in ("code.py", "tools/tool.py", "README.md", "docs/page.md", "results/imb100/run/result.json",
+                 "tools/NOTES.md"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("0\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    head = git_commit(repo)
+    assert re.fullmatch(r"[0-9a-f]{40}", head)
+    shutil.rmtree(repo / "results")  # a copy of the repository without its results
+    for name in ("README.md", "docs/page.md", "tools/NOTES.md"):
+        (repo / name).write_text("changed prose\n")
+    (repo / "untracked.py").write_text("new\n")
+    git("add", "README.md")  # the index changed too
+    assert git_commit(repo) == head
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy)  # every file's stat differs from what the index recorded
+    assert git_commit(copy) == head
+    (repo / "tools" / "tool.py").write_text("1\n")
+    assert git_commit(repo) == head + "+dirty"
+    git("add", "tools/tool.py")
+    (repo / "tools" / "tool.py").write_text("0\n")  # staged, but the code in the tree is the commit's
+    assert git_commit(repo) == head
+    (repo / "code.py").unlink()
+    assert git_commit(repo) == head + "+dirty"
+    assert git_commit(tmp_path / "nowhere") is None

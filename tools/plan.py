@@ -1,5 +1,10 @@
 """The plan of a table sweep (tools/run_table.py): its trainings, which first phases they share, how long
-they take, and what of them is already done."""
+they take, and what of them is already done (here, or committed under --reuse: tools/committed.py).
+
+A job's ``state``: "new", "interrupted" (resumed from its checkpoint), "finished" (its result or first phase is
+here), "reused" (a committed one under --reuse has its flags: not trained; a reused first phase is branched from
+where it lies) or "unneeded" (a first phase not trained yet whose runs are all done).
+"""
 import argparse
 import json
 import sys
@@ -36,9 +41,32 @@ class Job:
     args: argparse.Namespace  # the flags as the training script parses them
     kind: str            # "first phase" (--first_phase_only), "branch" (--init_from) or "scratch"
     rows: tuple          # the row stems it serves
-    after: str = None    # the first-phase job a branch waits for
+    first_phase: "Job" = None  # the first-phase job a branch starts from
     seconds: float = 0.0  # estimated duration
-    state: str = "new"   # "new", "interrupted" (resumed) or "finished" (skipped)
+    state: str = "new"   # see the module's docstring
+    source: Path = None  # the committed folder a reused job is
+    export_to: Path = None  # where --export writes it once finished
+    exported: bool = False  # export_to holds it already
+
+    @property
+    def after(self):
+        """The name of the first-phase job a branch waits for; None for a branch of a committed first phase."""
+        first = self.first_phase
+        return None if first is None or first.state == "reused" else first.name
+
+    @property
+    def trains(self):
+        return self.state in ("new", "interrupted")
+
+    @property
+    def exports(self):
+        """Whether --export has still to write it (it trains in this sweep, or has)."""
+        return self.export_to is not None and not self.exported and self.state in ("new", "interrupted", "finished")
+
+    @property
+    def pending(self):
+        """Whether this sweep has anything left to do for it: train it, or export it."""
+        return self.trains or self.exports
 
     @property
     def checkpoint(self):
@@ -119,18 +147,30 @@ def plan(args, throughput):
                 key = first_phase_key(run.script, run.args) if args.share else None
                 groups.setdefault(key if key is not None else run.name, []).append(run)
             for members in groups.values():
-                if len(members) > 1:
+                if len(members) > 1 or (args.share and args.reuse and splits(members[0])):
                     jobs.append(first_phase_job(members, folder, setting))
                     for run in members:
-                        run.kind, run.after = "branch", jobs[-1].name
-                        run.flags = run.flags + ["--init_from", str(jobs[-1].phase1)]
-                        run.args = training_args(run.script, run.flags)
+                        branch(run, jobs[-1], jobs[-1].phase1)
                 jobs += members
     for job in jobs:
         start = job.args.meta_start if job.kind == "branch" else 0
         end = job.args.meta_start if job.kind == "first phase" else job.args.epochs
         job.seconds = seconds_for(job.args, start, end, throughput) if throughput else 0.0
     return jobs
+
+
+def splits(run):
+    """Whether ``run`` alone is worth a first-phase job under --reuse: its second phase trains otherwise than its
+    first, so a committed first phase of its flags can stand for its first 160 epochs."""
+    return first_phase_key(run.script, run.args) is not None and METHODS[run.args.method].second_phase
+
+
+def branch(run, first_phase, phase1):
+    """Make ``run`` start from ``phase1``, the end of ``first_phase`` (trained by this sweep, or committed)."""
+    own = run.flags[:-2] if run.kind == "branch" else run.flags  # without the --init_from given before
+    run.kind, run.first_phase = "branch", first_phase
+    run.flags = own + ["--init_from", str(phase1)]
+    run.args = training_args(run.script, run.flags)
 
 
 def first_phase_job(members, folder, setting):
@@ -144,8 +184,11 @@ def first_phase_job(members, folder, setting):
 
 
 def mark_progress(jobs):
-    """Set each job's state from what its files say; a PlanError where they belong to other flags."""
+    """Set each job's state from what its files say (a reused job is left alone); a PlanError where they belong
+    to other flags."""
     for job in jobs:
+        if job.state == "reused":
+            continue
         if job.kind == "first phase" and job.phase1.is_file():
             job.state = "finished"
         elif job.kind != "first phase" and job.result.is_file():
@@ -164,6 +207,14 @@ def mark_progress(jobs):
             job.state = "interrupted"
 
 
+def mark_unneeded(jobs):
+    """A first phase not trained yet none of whose runs needs anything of it (they are done, or reused) is not
+    trained."""
+    for job in jobs:
+        if job.kind == "first phase" and job.trains and not any(run.pending for run in jobs if run.first_phase is job):
+            job.state = "unneeded"
+
+
 def summary(args, jobs, throughput, device, slots=1):
     """The plan in a few lines: what runs, what is shared, how long, what is already done."""
     first = [j for j in jobs if j.kind == "first phase"]
@@ -176,7 +227,7 @@ def summary(args, jobs, throughput, device, slots=1):
              f"phases), imbalance {' '.join(map(str, args.imb or table.imb_factors))}, seeds "
              f"{' '.join(map(str, args.seeds))}; results in {Path(args.out_root) / args.table}"]
     if throughput:
-        total = sum(j.seconds for j in jobs if j.state != "finished")
+        total = sum(j.seconds for j in jobs if j.trains)
         alone = sum(seconds_for(j.args, 0, j.args.epochs, throughput) for j in branches + scratch)
         lines.append(f"  shared first phases: {len(first)} ({duration(sum(j.seconds for j in first))}), each "
                      f"trained once for the rows branching from it: "
@@ -198,9 +249,13 @@ def summary(args, jobs, throughput, device, slots=1):
     lines.append("  evaluation: every epoch (released)" if every == 1 else
                  f"  evaluation: every {every} first-phase epochs (--eval_every {every}), every second-phase "
                  f"epoch and the last; 'best epoch' is over those")
-    count = {state: sum(j.state == state for j in jobs) for state in ("finished", "interrupted", "new")}
+    count = {state: sum(j.state == state for j in jobs) for state in ("finished", "interrupted", "new", "reused",
+                                                                       "unneeded")}
     lines.append(f"  progress: of the {len(jobs)} trainings {count['finished']} finished (skipped), "
-                 f"{count['interrupted']} interrupted (resumed from their checkpoints), {count['new']} to start")
+                 f"{count['interrupted']} interrupted (resumed from their checkpoints), {count['new']} to start"
+                 + (f"; {count['reused']} committed under --reuse (not trained)" if count["reused"] else "")
+                 + (f"; {count['unneeded']} first phases not needed (their runs are done)" if count["unneeded"]
+                    else ""))
     return lines
 
 
@@ -216,21 +271,33 @@ def base_command(args, python=None):
             command += [flag, *map(str, value)]
     if args.data_root:
         command += ["--data_root", args.data_root]
+    if args.reuse:
+        command += ["--reuse", *args.reuse]
+    if args.export:
+        command += ["--export", args.export]
     if not args.share:
         command.append("--no-share")
     return command + (["--", *args.extra] if args.extra else [])
 
 
-def run_one(jobs, name):
-    """Run the job ``name`` alone (what each scheduler task does): skip it if finished, resume it if
-    interrupted, refuse it while its first phase has not finished."""
+def run_one(jobs, name, device, finish=None):
+    """Run the job ``name`` alone (what each scheduler task does): skip it if done, resume it if interrupted,
+    then ``finish`` it (--export); refuse it while its first phase has not finished (or, with --export, is not
+    exported yet, which its branches' exports name)."""
     job = next((j for j in jobs if j.name == name), None)
     if job is None:
         raise PlanError(f"--run {name}: no such run in this sweep (see --verbose for the names)")
-    first = next((j for j in jobs if j.name == job.after), None)
-    if first is not None and first.state != "finished":
-        raise PlanError(f"--run {name} branches from {first.name}, whose first phase has not finished; run it first")
-    if job.state == "finished":
-        print(f"{name} has finished already: nothing to do", flush=True)
+    first = job.first_phase if job.after else None
+    if first is not None and first.pending:
+        raise PlanError(f"--run {name} branches from {first.name}, whose first phase has not finished"
+                        f"{' or is not exported yet' if first.export_to else ''}; run it first")
+    if not job.pending:
+        print(f"{name} has finished already{' (committed under --reuse)' * (job.state == 'reused')}: nothing to "
+              f"do", flush=True)
         return 0
-    return sweep.run_local([job], 1, "cpu", duration, done=[first.name] if first else [])
+    if not job.trains:
+        problem = finish(job)
+        if problem:
+            raise PlanError(problem)
+        return 0
+    return sweep.run_local([job], 1, device, duration, done=[first.name] if first else [], finish=finish)

@@ -1,6 +1,7 @@
 """Run every row of one of the paper's CIFAR tables that this repository can produce.
 
-    python tools/run_table.py table1 [--seeds 1 2 3] [--imb 0.01 ...] [--device cuda] [--dry-run] [training flags]
+    python tools/run_table.py table1 [--seeds 1 2 3] [--imb 0.01 | 100 ...] [--device cuda] [--dry-run]
+        [--reuse results/cifar10_jpeg] [--export results/cifar10_jpeg] [training flags]
 
 Rows whose epochs before ``--meta_start`` compute the same thing (same data, seed, schedule and
 first-phase loss: e.g. CE, MetaSAug-CE, MetaSAug-focal and MetaSAug-LDAM all train plain
@@ -12,6 +13,14 @@ Re-running the same command continues a sweep: a run whose ``result.json`` match
 skipped, an interrupted one resumes from its checkpoint. Ctrl-C stops after the current run has
 written its checkpoint. Results go to ``<out_root>/<table>/<run name>/`` with checkpoints in
 ``<out_root>/<table>/checkpoints``; ``python tools/report.py <out_root>/<table>`` summarises them.
+
+``--reuse DIR`` builds on committed results (tools/committed.py): a first phase committed there with the
+planned one's flags is branched from where it lies, a run committed there with a planned run's flags is done;
+unless the training flags name one, the sweep evaluates as the committed runs did (their ``--eval_every``), so
+that its runs pool with them in ``tools/report.py DIR <out_root>/<table>``. ``--export DIR`` writes each
+training that finishes into DIR in the committed layout (tools/export_run.py), ready to commit. The imbalance
+is given as a factor (0.02) or a ratio (50) alike. ``--data_root`` must exist here before a local sweep starts;
+an emitted one (``--emit``) only says that it must exist where its jobs run.
 """
 import sys
 from pathlib import Path
@@ -19,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli import HelpFormatter, OneLineParser, add_device_flag  # noqa: E402  (no torch: --help answers at once)
+# no torch: --help answers at once
+from cli import HelpFormatter, OneLineParser, add_device_flag, imbalance_factor  # noqa: E402
 from methods import TABLES  # noqa: E402
 
 
@@ -37,12 +47,21 @@ def parse_args(argv):
                              f"--eval_every 5).")
     p.add_argument("table", choices=tuple(TABLES))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="the paper averages 3 runs")
-    p.add_argument("--imb", type=float, nargs="+", default=None, help="imbalance factors (default: the table's)")
+    p.add_argument("--imb", type=imbalance_factor, nargs="+", default=None,
+                   help="imbalances, as factors (0.02) or ratios (50) alike (default: the table's)")
     p.add_argument("--rows", nargs="+", default=None, help="run-name stems to keep (default: all the table's rows, "
                                                           "listed below)")
     add_device_flag(p, "auto: CUDA where this machine has it; an emitted SLURM sweep asks for GPUs unless cpu")
     p.add_argument("--data_root", default=None, help="default data/<dataset>")
     p.add_argument("--out_root", default="runs", help="results go to <out_root>/<table>/<run name>")
+    p.add_argument("--reuse", nargs="+", metavar="DIR", default=None,
+                   help="committed results trees (e.g. results/cifar10_jpeg): a first phase there with the planned "
+                        "one's flags is branched from instead of trained, a run there with a planned run's flags is "
+                        "done; the sweep's --eval_every defaults to theirs")
+    p.add_argument("--export", metavar="DIR", default=None,
+                   help="write each training that finishes into DIR in the committed layout "
+                        "(DIR/imb<ratio>/<row>_seed<S>, first phases DIR/imb<ratio>/first_phase_seed<S>) with "
+                        "tools/export_run.py, never over an existing folder")
     p.add_argument("--no-share", dest="share", action="store_false",
                    help="train every run from scratch instead of branching from shared first phases")
     p.add_argument("--dry-run", action="store_true", help="print the plan only")
@@ -83,18 +102,22 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    from tools import plan, sweep  # torch and the training code from here on
+    from tools import committed, plan, sweep  # torch and the training code from here on
     from cli import duration
     from timing import measured_throughput
     try:
         if args.emit and (args.emit[0] not in ("slurm", "commands") or len(args.emit) != (2 if args.emit[0] ==
                                                                                                "slurm" else 1)):
             raise plan.PlanError("--emit takes 'slurm DIR' or 'commands'")
+        reused = committed.load(args.reuse, TABLES[args.table].dataset) if args.reuse else None
+        if reused is not None:
+            args.extra = committed.with_protocol(args.extra, reused)
+        data = data_root_line(args)
+        finish = committed.export if args.export else None
         if args.emit:  # for other machines: nothing here is looked at, neither GPUs nor cores
             device = "cpu" if args.device == "cpu" else "cuda"
             throughput = measured_throughput(device, args.cpus_per_task if device == "cpu" else None)
-            jobs = plan.plan(args, throughput)
-            plan.mark_progress(jobs)
+            jobs = sweep_jobs(args, throughput, reused)
             if args.emit[0] == "commands":
                 print("\n".join(sweep.emit_commands(plan.base_command(args, args.python), jobs)))
                 return 0
@@ -103,7 +126,8 @@ def main(argv=None):
                              partition=args.partition, mem=args.mem, signal_seconds=args.signal_seconds,
                              workdir=args.workdir, setup=args.setup)
             written = sweep.emit_slurm(args.emit[1], plan.base_command(args, args.python), jobs, resources)
-            print("\n".join(plan.summary(args, jobs, throughput, device)))
+            print("\n".join(plan.summary(args, jobs, throughput, device) + committed.summary(args, jobs, reused)
+                            + [data]))
             print(f"wrote {', '.join(str(p) for p in written)}; submit with: bash {written[-1]}")
             return 0
         device = args.device if args.device != "auto" else "cuda" if sweep.visible_gpus() else "cpu"
@@ -114,20 +138,57 @@ def main(argv=None):
         if problem:
             raise plan.PlanError(problem)
         throughput = measured_throughput(device, sweep.cpu_threads(slots) if device == "cpu" else None)
-        jobs = plan.plan(args, throughput)
-        plan.mark_progress(jobs)
+        jobs = sweep_jobs(args, throughput, reused)
         if args.run:
-            return plan.run_one(jobs, args.run)
+            return plan.run_one(jobs, args.run, device, finish)
     except (plan.PlanError, ValueError) as error:
         print(f"run_table.py: error: {error}", file=sys.stderr)
         return 2
-    print("\n".join(plan.summary(args, jobs, throughput, device, slots)), flush=True)
+    print("\n".join(plan.summary(args, jobs, throughput, device, slots) + committed.summary(args, jobs, reused)
+                    + ([data] if data else [])), flush=True)
     if args.verbose:
         for job in jobs:
             print(f"[{job.kind}, {job.state}] " + " ".join(job.command()[1:]))
     if args.dry_run:
         return 0
-    return sweep.run_local(jobs, slots, device, duration, per_gpu=per_gpu)
+    for job in (j for j in jobs if j.exports and not j.trains):  # finished before, not exported yet
+        problem = finish(job)
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
+    return sweep.run_local(jobs, slots, device, duration, per_gpu=per_gpu, finish=finish)
+
+
+def sweep_jobs(args, throughput, reused):
+    """The sweep's jobs, marked: what is committed (--reuse), done or begun here, not needed, exported."""
+    from tools import committed, plan
+    jobs = plan.plan(args, throughput)
+    if reused is not None:
+        committed.reuse(jobs, reused)
+    plan.mark_progress(jobs)
+    if args.export:
+        committed.mark_exported(jobs, args.export)
+    plan.mark_unneeded(jobs)
+    # A scheduler's task (--run) answers for its own job only: another's export may be under way meanwhile.
+    committed.check_destinations([job for job in jobs if args.run in (None, job.name)])
+    return jobs
+
+
+def data_root_line(args):
+    """--data_root must exist where the trainings run. Here: a PlanError if it does not (a --dry-run only says
+    so); for an emitted sweep the plan says where it must exist. Returns the plan's line about it, or None."""
+    from tools.plan import PlanError
+    root = Path(args.data_root or f"data/{TABLES[args.table].dataset}")
+    here = root.is_dir()
+    if args.emit:
+        return (f"  data: --data_root {root} must exist where the jobs run (relative paths: in the repository "
+                f"there){'' if here else '; it does not on this machine'}")
+    if here:
+        return None
+    if args.dry_run:
+        return f"  data: --data_root {root} does not exist here; extract the dataset there before training"
+    raise PlanError(f"--data_root {root} does not exist; extract the dataset there or pass --data_root DIR (--emit "
+                f"writes the sweep for machines that have it)")
 
 
 if __name__ == "__main__":

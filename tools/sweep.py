@@ -4,24 +4,30 @@
   that start from it. On CUDA ``per_gpu`` jobs per visible GPU (``CUDA_VISIBLE_DEVICES``: a ResNet-32 at
   batch 100 leaves most of a GPU idle); the CPU cores are split between the jobs (``OMP_NUM_THREADS``).
   With several slots each job's console output goes to ``<out_dir>/console.log`` and the terminal gets
-  one status line per job.
-- ``emit_slurm``: job-array scripts (first phases; the branches, which wait for them with
-  ``--dependency=afterok``; the runs from scratch, which do not), each array task a
+  one status line per job. Each job's ``<out_dir>/NOTES.txt`` gets a line when it starts (where: host,
+  device, threads, torch, SLURM job; the command; the commit) and one when it ends (how), which an
+  export (--export) carries into the results tree.
+- ``emit_slurm``: job-array scripts (first phases; the branches, one array per first phase, each waiting
+  for its own first phase's task with ``--dependency=afterok:<job>_<task> --kill-on-invalid-dep=yes``, so
+  a failed first phase cancels its branches only, which SLURM shows with the reason
+  DependencyNeverSatisfied; the runs from scratch, which wait for nothing), each array task a
   ``run_table.py ... --run NAME`` that skips a finished run and resumes an interrupted one, so requeued
   (preempted, or timed out after checkpointing on the pre-limit SIGTERM) tasks continue where they
   stopped. Nothing in them names this machine: paths are relative to the repository on the nodes.
 """
 import json
 import os
+import platform
 import re
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-from cli import EXIT_RESUMABLE
+from cli import EXIT_RESUMABLE, git_commit
 
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) .*\| ETA (.+)$")
 
@@ -106,15 +112,17 @@ def _eta_seconds(text):
     return float(number) * (3600 if unit == "h" else 60)
 
 
-def run_local(jobs, slots, device, duration, status_every=60.0, done=(), per_gpu=1):
-    """Run the unfinished jobs, up to ``slots`` at once (``per_gpu`` to a GPU); a branch starts once its first
-    phase has finished (one of ``jobs``, or named in ``done``). Returns the exit code: 0, the first failure's,
-    128 + signal after Ctrl-C / SIGTERM, or EXIT_RESUMABLE when a training passed --stop_after stopped."""
+def run_local(jobs, slots, device, duration, status_every=60.0, done=(), per_gpu=1, finish=None):
+    """Train the jobs that need it, up to ``slots`` at once (``per_gpu`` to a GPU); a branch starts once its first
+    phase has finished (one of ``jobs``, or named in ``done``). ``finish(job)`` (--export) runs on each job that
+    ended well, before its branches start, and returns None or what went wrong, which fails the job. Returns the
+    exit code: 0, the first failure's, 128 + signal after Ctrl-C / SIGTERM, or EXIT_RESUMABLE when a training
+    passed --stop_after stopped."""
     interrupt = Interrupt()
     environments = slot_environments(device, slots, per_gpu)
     quiet = slots > 1
-    pending = [job for job in jobs if job.state != "finished"]
-    finished = {job.name for job in jobs if job.state == "finished"} | set(done)
+    pending = [job for job in jobs if job.trains]
+    finished = {job.name for job in jobs if not job.trains} | set(done)
     failed, running, stopped = {}, {}, []  # running: slot -> (job, process, log handle)
     last_status = 0.0
     while pending or running:
@@ -124,6 +132,8 @@ def run_local(jobs, slots, device, duration, status_every=60.0, done=(), per_gpu
                 if ready is None:
                     break
                 pending.remove(ready)
+                note(ready, f"launched {ready.name} ({ready.kind}) on {machine(device, environments[slot])}: "
+                            f"{shlex.join([ready.script, *ready.command()[2:]])} (commit {git_commit()})")
                 running[slot] = _start(ready, environments[slot], quiet)
                 interrupt.children = [process for _, process, _ in running.values()]
                 print(f"== start {ready.name} ({ready.kind}{', resumed' if ready.state == 'interrupted' else ''})"
@@ -136,6 +146,11 @@ def run_local(jobs, slots, device, duration, status_every=60.0, done=(), per_gpu
             del running[slot]
             if log:
                 log.close()
+            note(job, ending(code))
+            problem = finish(job) if code == 0 and finish else None
+            if problem:
+                print(problem, file=sys.stderr, flush=True)
+                code = 2
             if code == 0:
                 job.state = "finished"
                 finished.add(job.name)
@@ -166,6 +181,48 @@ def run_local(jobs, slots, device, duration, status_every=60.0, done=(), per_gpu
     if failed:
         return next(iter(failed.values()))
     return EXIT_RESUMABLE if stopped else 0
+
+
+def note(job, text):
+    """A timestamped line of the job's NOTES.txt, in its out_dir (an export carries it into the results tree)."""
+    folder = Path(job.args.out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "NOTES.txt", "a") as notes:
+        notes.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {text}\n")
+
+
+def machine(device, environment):
+    """Where a job runs, for its NOTES: the host, the GPU or the CPU threads, torch, and the SLURM job if any."""
+    import torch
+    threads = environment.get("OMP_NUM_THREADS") or str(torch.get_num_threads())
+    cores = f"{threads} CPU thread{'s' * (threads != '1')} of {os.cpu_count()} cores ({cpu_model()})"
+    if device == "cuda":
+        gpu = environment["CUDA_VISIBLE_DEVICES"]
+        where = f"GPU {gpu} ({torch.cuda.get_device_name(visible_gpus().index(gpu))}) and {cores}"
+    else:
+        where = f"the CPU, {cores}"
+    task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    slurm = f", SLURM job {task[0]}_{task[1]}" if all(task) else ""
+    return f"{platform.node()}: {where}, torch {torch.__version__}{slurm}"
+
+
+def cpu_model():
+    """The CPU's model name as Linux reports it, or the platform's word for it elsewhere."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor() or "unknown CPU")
+
+
+def ending(code):
+    """How a training ended, for its NOTES."""
+    if code == 0:
+        return "exited with code 0"
+    if code == EXIT_RESUMABLE:
+        return f"stopped by --stop_after, checkpoint written (exit code {code}); the same sweep command continues it"
+    if code > 128:
+        return f"stopped by signal {code - 128}, checkpoint written (exit code {code})"
+    return f"killed by signal {-code}" if code < 0 else f"failed with exit code {code}"
 
 
 def _start(job, environment, quiet):
@@ -212,12 +269,40 @@ def job_command(base_command, job):
 
 
 def emit_commands(base_command, jobs):
-    """Every unfinished job's command, first phases first."""
+    """The command of every job with something left to do, first phases first."""
     ordered = [j for j in jobs if j.kind == "first phase"] + [j for j in jobs if j.kind != "first phase"]
-    return [job_command(base_command, job) for job in ordered if job.state != "finished"]
+    return [job_command(base_command, job) for job in ordered if job.pending]
 
 
 ARRAYS = (("first_phases", "first phase"), ("branches", "branch"), ("scratch", "scratch"))  # file stem, Job.kind
+
+
+def array_jobs(jobs):
+    """{array name: its tasks' jobs} of the jobs with something left to do; the branches grouped by the task of
+    the first phase they wait for (those waiting for none first)."""
+    lists = {name: [j for j in jobs if j.kind == kind and j.pending] for name, kind in ARRAYS}
+    lists["branches"].sort(key=lambda j: (waited_task(j, lists["first_phases"]) is not None,
+                                          waited_task(j, lists["first_phases"])))
+    return lists
+
+
+def waited_task(job, first_phases):
+    """The index among ``first_phases`` of the task ``job`` waits for, or None (its first phase is done or
+    committed)."""
+    names = [j.name for j in first_phases]
+    return names.index(job.after) if job.after in names else None
+
+
+def branch_groups(lists):
+    """(waited first-phase task or None, first and last branch task index) of each group of branches."""
+    groups = []
+    for index, job in enumerate(lists["branches"]):
+        task = waited_task(job, lists["first_phases"])
+        if groups and groups[-1][0] == task:
+            groups[-1] = (task, groups[-1][1], index)
+        else:
+            groups.append((task, index, index))
+    return groups
 
 
 def emit_slurm(folder, base_command, jobs, resources):
@@ -225,8 +310,8 @@ def emit_slurm(folder, base_command, jobs, resources):
     command runs, or absolute); a ValueError if it holds another sweep or other files. Returns the files
     written."""
     folder = Path(folder)
-    lists = {name: [job_command(base_command, j) for j in jobs if j.kind == kind and j.state != "finished"]
-             for name, kind in ARRAYS}
+    arrays = array_jobs(jobs)
+    lists = {name: [job_command(base_command, j) for j in members] for name, members in arrays.items()}
     manifest = dict(command=shlex.join(base_command), **lists, resources=resources)
     if folder.exists():
         existing = folder / "sweep.json"
@@ -240,19 +325,39 @@ def emit_slurm(folder, base_command, jobs, resources):
     written[0].write_text(json.dumps(manifest, indent=1) + "\n")
     back = os.path.relpath(Path.cwd().resolve(), folder.resolve())
     submit = ["#!/usr/bin/env bash",
-              "# Submit the sweep: the first phases; the branches, which wait for them; the runs from scratch.",
-              "set -euo pipefail", f'cd "$(dirname "$0")"/{shlex.quote(back)}  # the repository: sbatch runs here']
+              "# Submit the sweep: the first phases; the branches, each group waiting for its own first phase (a",
+              "# failed first phase cancels its branches: Reason=DependencyNeverSatisfied); the runs from scratch.",
+              "set -euo pipefail", f'cd "$(dirname "$0")"/{shlex.quote(back)}  # the repository: sbatch runs here',
+              f"log={shlex.quote(str(folder / 'logs' / 'submitted.txt'))}  # which job is which, for squeue and sacct"]
     for name, _ in ARRAYS:
         if not lists[name]:
             continue
         (folder / f"{name}.txt").write_text("\n".join(lists[name]) + "\n")
         (folder / f"{name}.sbatch").write_text(_sbatch(name, len(lists[name]), folder, resources))
         written += [folder / f"{name}.txt", folder / f"{name}.sbatch"]
-        after = ' --dependency=afterok:"${first_phases%%;*}"' if name == "branches" and lists["first_phases"] else ""
-        submit.append(f"{name}=$(sbatch --parsable{after} {shlex.quote(str(folder / (name + '.sbatch')))})")
-        submit.append(f'echo "{name.replace("_", " ")}: job ${name}"')
+        script = shlex.quote(str(folder / (name + ".sbatch")))
+        if name == "branches":
+            submit += _submit_branches(arrays, script)
+        else:
+            submit.append(f"{name}=$(sbatch --parsable {script})")
+            submit.append(f'echo "{name.replace("_", " ")}: job ${{{name}%%;*}}" | tee -a "$log"')
     (folder / "submit.sh").write_text("\n".join(submit) + "\n")
     return written + [folder / "submit.sh"]
+
+
+def _submit_branches(arrays, script):
+    """submit.sh's lines for the branches: one array per first phase, waiting for that first phase's task only."""
+    lines = []
+    for task, first, last in branch_groups(arrays):
+        if task is None:
+            wait, what = "", "branches of first phases already there"
+        else:
+            wait = f' --dependency=afterok:"${{first_phases%%;*}}_{task}" --kill-on-invalid-dep=yes'
+            what = (f"branches of {arrays['first_phases'][task].name} (first phases task {task}; cancelled with "
+                    f"Reason=DependencyNeverSatisfied if it fails)")
+        lines.append(f"branches=$(sbatch --parsable --array={first}-{last}{wait} {script})")
+        lines.append(f'echo "{what}: job ${{branches%%;*}}, tasks {first}-{last}" | tee -a "$log"')
+    return lines
 
 
 def _sbatch(name, count, folder, resources):
