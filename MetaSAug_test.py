@@ -45,27 +45,45 @@ def build_parser():
 RECORDED = {"dataset": "cifar100", "imb_factor": 0.005, "num_meta": 10, "num_classes": None, "channels_last": True}
 
 
-def evaluate(args):
+def load_model(args):
+    """The checkpoint's ResNet-32 on ``args``' device, in the memory format of the evaluation, its class count and
+    the training set's class counts (for the Many/Medium/Few groups); ``args`` settled from the checkpoint's
+    config."""
     checkpoint = load_checkpoint(args.checkpoint_path)
     settle_from_config(args, checkpoint, RECORDED)
     check_imb_factor(args.imb_factor)
-    args.data_root = args.data_root or f"data/{args.dataset}"
-    device = resolve_device(args.device, args.gpu)
     num_classes = args.num_classes or CIFAR_NUM_CLASSES[args.dataset]
     model = ResNet32(num_classes)
     load_model_state(model, model_state_from(checkpoint))
-    images, labels, class_names = load_split(args.data_root, "test", args.dataset, workers=args.workers)
-    if len(class_names) != num_classes:
-        raise DataError(f"--data_root {args.data_root} holds {len(class_names)} test classes but the checkpoint's "
-                        f"classifier has {num_classes}; point --data_root at the {args.dataset} test images")
     if isinstance(checkpoint, dict) and "cls_num_list" in checkpoint:
         cls_num_list = checkpoint["cls_num_list"]
     else:
         cls_num_list = get_img_num_per_cls(args.dataset, args.imb_factor, args.num_meta * num_classes)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
-    predictions = predict(model, images.to(device), args.test_batch_size,
-                          lambda batch: normalize(batch).contiguous(memory_format=memory_format))
+    model.to(resolve_device(args.device, args.gpu), memory_format=memory_format(args))
+    return model, num_classes, cls_num_list
+
+
+def memory_format(args):
+    return torch.channels_last if args.channels_last else torch.contiguous_format
+
+
+def predict_images(model, images, args):
+    """The predicted class of each uint8 image, in batches of --test-batch-size in the given order, normalised as
+    the released test transform: what this script scores (tests/test_results.py scores committed weights so,
+    decoding the test set once for all of them)."""
+    device = next(model.parameters()).device
+    return predict(model, images.to(device), args.test_batch_size,
+                   lambda batch: normalize(batch).contiguous(memory_format=memory_format(args)))
+
+
+def evaluate(args):
+    model, num_classes, cls_num_list = load_model(args)
+    args.data_root = args.data_root or f"data/{args.dataset}"
+    images, labels, class_names = load_split(args.data_root, "test", args.dataset, workers=args.workers)
+    if len(class_names) != num_classes:
+        raise DataError(f"--data_root {args.data_root} holds {len(class_names)} test classes but the checkpoint's "
+                        f"classifier has {num_classes}; point --data_root at the {args.dataset} test images")
+    predictions = predict_images(model, images, args)
     accuracy = top1_accuracy(predictions, labels)
     per_class = per_class_accuracy(predictions, labels, num_classes)
     shots = shot_accuracy(per_class, cls_num_list)

@@ -118,6 +118,21 @@ def row_name(method, loss, recipe="released"):
     return name if recipe == "released" else f"{name} ({RECIPE_LABELS.get(recipe, recipe)})"
 
 
+# Short names of the CIFAR-10-LT rows, in the order of the results grid (tools/report.py --format grid) and for
+# legends; the paper calls ISDA w/o meta-learning "MetaSAug w/o meta-learning" (Table 5).
+SHORT_NAMES = {"Cross-entropy training": "CE", "Class-balanced cross-entropy loss": "CB-CE",
+               ROWS["isda"].name: "ISDA w/o meta-learning", "MetaSAug with cross-entropy loss": "MetaSAug-CE",
+               "MetaSAug w/o re-weighting": "MetaSAug w/o re-weighting", "Focal loss": "Focal",
+               "Class-balanced focal loss": "Class-balanced focal", "MetaSAug with focal loss": "MetaSAug-focal",
+               "LDAM loss": "LDAM", "LDAM-DRW": "LDAM-DRW", "MetaSAug with LDAM loss": "MetaSAug-LDAM",
+               EXTRA_ROW_NAMES["plain", "la"]: "Logit-adjusted CE"}
+
+
+def short_name(name):
+    """A row's short name (SHORT_NAMES), or its full name where it has none."""
+    return SHORT_NAMES.get(name, name)
+
+
 def method_help():
     """``--method``'s help: each method with the paper rows it gives."""
     parts = []

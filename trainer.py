@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,16 +21,42 @@ from cli import (StopRequest, UsageError, check_resume, clear_files, duration, f
                  interrupt_message, resolve_device)
 from data_utils import (DataError, augment, batch_generator, build_dataset, epoch_batches, index_fingerprint,
                         normalize, sample_meta_batch, stream_seed)
-from figures import confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
+from figures import (confusion_figure, confusion_matrix, figure_pixels, save_figure, spectrum_figure,
+                     top_singular_values)
 from loss import MetaSAugLoss, classification_loss
 from meta_layers import MetaSAug, MetaStepMonitor, augmentation_ratio
-from methods import METHODS
+from methods import METHODS, row_name, short_name
 from metrics import evaluation_subset, per_class_accuracy, predict, shot_accuracy, top1_accuracy
 from resnet import ResNet32
 from timing import epoch_seconds, estimated_seconds, evaluates, measured_throughput
 
 def learning_rate(epoch, base_lr, milestones):
     return base_lr * 0.01 ** sum(epoch >= m for m in milestones)
+
+
+def epoch_scalars(entry, rarest):
+    """The TensorBoard scalars of one history entry, as (tag, value): what a run logs each epoch, and what
+    tools/tensorboard_logs.py writes again from a result.json's history."""
+    scalars = [("train/loss", entry["train_loss"]), ("train/accuracy", entry["train_acc"]), ("lr", entry["lr"])]
+    if "images_per_s" in entry:
+        scalars.append(("train/images_per_s", entry["images_per_s"]))
+    if entry.get("test_top1") is not None:
+        scalars += [("test/top1", entry["test_top1"]),
+                    *((f"test/{k}_shot", v) for k, v in entry["shot_accuracy"].items() if v is not None)]
+    scalars += [(f"meta_step/{key[len('meta_step_'):]}", value) for key, value in entry.items()
+                if key.startswith("meta_step_") and isinstance(value, float)]
+    if entry.get("meta_step_shift_per_class") and entry["meta_step_shift_per_class"][rarest] is not None:
+        scalars.append(("meta_step/shift_rarest_class", entry["meta_step_shift_per_class"][rarest]))
+    scalars += [(f"covariance_rarest_class/{name}_s{i + 1}", value)
+                for name, values in entry.get("covariance_spectrum", {}).items() for i, value in enumerate(values)]
+    return scalars
+
+
+def spectrum_series(spectrum, row, epoch):
+    """A run's spectrum (trainer.Run._covariance_spectrum) keyed by legend words: the row, the 1-based epoch and
+    which covariance."""
+    covariance = {"isda": "estimated", "meta_learned": "learned by its meta step"}
+    return {f"{row}, epoch {epoch}: {covariance[name]}": values for name, values in spectrum.items()}
 
 
 class Run:
@@ -281,6 +306,7 @@ class Run:
             state.epoch_time += time.time() - tick
             self._end_epoch(epoch, lr, started, writer)
         writer.close()
+        self._write_figures()
         if args.first_phase_only:
             self.log(f"first phase done (epochs 1-{args.meta_start}): branch runs from it with --init_from "
                      f"{self.phase1_path}")
@@ -337,20 +363,11 @@ class Run:
                  f"{train_acc:.2f} | {test} | lr {lr:g} | {entry['images_per_s']:.0f} img/s | elapsed "
                  f"{duration(state.elapsed)} | ETA {duration(remaining or 0)}")
         step = epoch + 1  # TensorBoard's x axis: the 1-based epoch, as printed
-        scalars = [("train/loss", train_loss), ("train/accuracy", train_acc), ("lr", lr),
-                   ("train/images_per_s", entry["images_per_s"])]
-        if "test_top1" in entry:
-            scalars += [("test/top1", entry["test_top1"]),
-                        *((f"test/{k}_shot", v) for k, v in entry["shot_accuracy"].items() if v is not None)]
-            self._write_confusion(step, confusion, writer)
-        scalars += [(f"meta_step/{key[len('meta_step_'):]}", value) for key, value in entry.items()
-                    if key.startswith("meta_step_") and isinstance(value, float)]
-        if entry.get("meta_step_shift_per_class"):
-            rarest = entry["meta_step_shift_per_class"][self.rarest]
-            scalars += [("meta_step/shift_rarest_class", rarest)] if rarest is not None else []
-        for name, value in scalars:
+        for name, value in epoch_scalars(entry, self.rarest):
             writer.add_scalar(name, value, step)
-        self._write_spectrum(step, spectrum, writer)
+        if "test_top1" in entry:
+            figure = confusion_figure(confusion, self.data.class_names, f"confusion matrix (%), epoch {step}")
+            writer.add_image("figures/confusion_matrix", figure_pixels(figure), step, dataformats="HWC")
         writer.flush()
         checkpoint = self._checkpoint()
         save_checkpoint(checkpoint, self.last_path)
@@ -369,21 +386,28 @@ class Run:
             spectrum["meta_learned"] = top_singular_values(self.meta.learned_covariance[self.rarest])
         return spectrum
 
-    def _write_confusion(self, step, confusion, writer):
-        """Fig. 4 of 1-based epoch ``step`` as a PNG file in --out_dir (overwritten at each evaluation) and
-        in TensorBoard."""
-        image = save_confusion_png(confusion, self.data.class_names, self.out_dir / "confusion_matrix.png",
-                                   f"confusion matrix (%), epoch {step}")
-        writer.add_image("figures/confusion_matrix", np.asarray(image), step, dataformats="HWC")
+    def _write_figures(self):
+        """Fig. 4 of the last evaluated epoch and Fig. 2 of the last epoch as PNG and PDF files in --out_dir, once
+        this invocation has trained its epochs (TensorBoard has the confusion matrix and the spectrum's values
+        epoch by epoch; drawing both files every epoch would cost a GPU run a tenth of its time)."""
+        history = self.state.history
+        evaluated = next((h for h in reversed(history) if h.get("confusion_matrix") is not None), None)
+        if evaluated is not None:
+            self._save_confusion_figure(evaluated)
+        if history and history[-1]["covariance_spectrum"]:
+            self._save_spectrum_figure(history[-1])
 
-    def _write_spectrum(self, step, spectrum, writer):
-        """Fig. 2 of 1-based epoch ``step`` as a PNG file in --out_dir (overwritten each epoch) and in TensorBoard."""
-        for name, values in spectrum.items():
-            for i, value in enumerate(values):
-                writer.add_scalar(f"covariance_rarest_class/{name}_s{i + 1}", value, step)
-        if spectrum:
-            save_spectrum_png(spectrum, self.out_dir / "covariance_spectrum.png",
-                              f"rarest class '{self.data.class_names[self.rarest]}', epoch {step}")
+    def _save_confusion_figure(self, entry):
+        title = f"confusion matrix (%), epoch {entry['epoch'] + 1}"
+        save_figure(confusion_figure(entry["confusion_matrix"], self.data.class_names, title),
+                    self.out_dir / "confusion_matrix")
+
+    def _save_spectrum_figure(self, entry):
+        row = short_name(row_name(self.args.method, self.args.loss, self.args.recipe))
+        name, images = self.data.class_names[self.rarest], self.data.cls_num_list[self.rarest]
+        title = f"rarest class '{name}' ({images} training images)"
+        series = spectrum_series(entry["covariance_spectrum"], row, entry["epoch"] + 1)
+        save_figure(spectrum_figure(series, title), self.out_dir / "covariance_spectrum")
 
     def _interrupted(self, stop, started):
         self.state.elapsed = time.time() - started

@@ -21,6 +21,12 @@ GOLDEN = SHARED / "reference" / "golden" / "released_metasaug_cifar.pt"
 CIFAR10_ARCHIVE = SHARED / "data" / "cifar10-jpeg.tar.gz"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--all-weights", action="store_true",
+                     help="tests/test_results.py: evaluate every committed model.pth on the whole test set (by "
+                     "default every one on a sample and a few, another few each day, on all of it)")
+
+
 @pytest.fixture(scope="session")
 def golden():
     if not GOLDEN.exists():
@@ -174,3 +180,26 @@ TIMING_KEYS = ("train_time_s", "eval_time_s", "images_per_s")
 def untimed(history):
     """A run's history without its wall-clock figures (which differ between two equal runs)."""
     return [{k: v for k, v in entry.items() if k not in TIMING_KEYS} for entry in history]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+
+def drawn_texts(figure):
+    """Every visible, non-empty text of a matplotlib ``figure`` once drawn."""
+    from matplotlib.text import Text
+    figure.canvas.draw()
+    return [t for t in figure.findobj(Text) if t.get_visible() and t.get_text().strip()]
+
+
+def assert_printable(figure, width):
+    """``width`` inches wide, no type below figures.FONT_SIZE, nothing drawn past the figure's edge."""
+    from figures import FONT_SIZE
+    assert figure.get_figwidth() == pytest.approx(width)
+    for text in drawn_texts(figure):
+        assert text.get_fontsize() >= FONT_SIZE, text.get_text()
+    drawn = figure.get_tightbbox(figure.canvas.get_renderer())  # inches, what was drawn
+    edge = 0.01
+    assert (drawn.x0 >= -edge and drawn.y0 >= -edge and drawn.x1 <= figure.get_figwidth() + edge
+            and drawn.y1 <= figure.get_figheight() + edge), f"drawn past the figure's edge: {drawn}"

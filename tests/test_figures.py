@@ -1,56 +1,96 @@
-"""The per-run figures render readably at 10 and 100 classes: nothing drawn off the edge, a colour scale,
-axis ticks."""
-import numpy as np
+"""The figures print well: a paper's column or page wide, no type below 8 pt, no label cut off by the figure's
+edge, a PNG and a vector PDF, every series named in the legend; from float32 and float64 tensors alike."""
+import json
+
 import pytest
 import torch
 
-from figures import SERIES_COLOURS, confusion_matrix, save_confusion_png, save_spectrum_png, top_singular_values
+from conftest import assert_printable, drawn_texts
+from figures import (COLUMN_WIDTH, PAGE_WIDTH, confusion_figure, confusion_matrix, figure_pixels,
+                     save_figure, spectrum_figure, top_singular_values)
+from trainer import spectrum_series
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def margins_are_blank(image, width=4):
-    """Nothing reaches the image's edge: a label running past it would leave ink there."""
-    pixels = np.asarray(image.convert("L"))
-    return all((strip == 255).all() for strip in (pixels[:width], pixels[-width:], pixels[:, :width],
-                                                  pixels[:, -width:]))
+def assert_saved(figure, stem):
+    png, pdf = save_figure(figure, stem)
+    assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:5] == b"%PDF-"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("num_classes", [10, 100])
-def test_confusion_matrix_figure(num_classes, tmp_path):
+def test_confusion_matrix_figure(num_classes, dtype, tmp_path):
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(num_classes).repeat(20)
     predictions = torch.where(torch.rand(len(labels), generator=generator) < 0.6, labels,
                               torch.randint(0, num_classes, (len(labels),), generator=generator))
-    matrix = confusion_matrix(predictions, labels, num_classes)
+    matrix = confusion_matrix(predictions, labels, num_classes).to(dtype)
     names = CIFAR10 if num_classes == 10 else [f"class_with_a_long_name_{i}" for i in range(num_classes)]
-    image = save_confusion_png(matrix, names, tmp_path / "cm.png", "confusion matrix (%), epoch 200")
-    assert (tmp_path / "cm.png").is_file()
-    assert margins_are_blank(image)
-    assert 400 < image.width < 1200 and 400 < image.height < 1200
-    pixels = np.asarray(image.convert("RGB")).astype(int)
-    blues = (pixels[..., 2] - pixels[..., 0] > 60).sum(axis=0)  # columns holding the colour scale's dark blue
-    assert blues[-80:].max() > 0.5 * image.height * 0.4  # a colour bar at the right, most of the grid's height
+    figure = confusion_figure(matrix, names, "confusion matrix (%), epoch 200")
+    assert_printable(figure, COLUMN_WIDTH if num_classes == 10 else PAGE_WIDTH)
+    ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    assert ticks == (CIFAR10 if num_classes == 10 else [str(i) for i in range(0, 100, 10)] + ["99"])
+    cells = [t for t in drawn_texts(figure) if t.axes is figure.axes[0] and t.get_text().isdigit()]
+    assert len(cells) == (100 if num_classes == 10 else 0)  # percentages only where they fit
+    assert_saved(figure, tmp_path / "confusion_matrix")
+    pixels = figure_pixels(figure)
+    assert pixels.dtype.name == "uint8" and pixels.shape[2] == 3 and pixels.shape[1] > 300
 
 
-def test_spectrum_figure(tmp_path):
-    spectrum = {"isda": top_singular_values(torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5, 0.25, 0.1]))),
-                "meta_learned": [1.0, 0.8, 0.6, 0.4, 0.35]}
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spectrum_figure_names_every_series_in_words(dtype, tmp_path):
+    covariance = torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5, 0.25, 0.1], dtype=dtype))
+    spectrum = {"isda": top_singular_values(covariance),
+                "meta_learned": torch.tensor([1.0, 0.8, 0.6, 0.4, 0.35], dtype=dtype)}
     assert spectrum["isda"] == pytest.approx([1, 0.5, 0.25, 0.125, 0.0625])
-    image = save_spectrum_png(spectrum, tmp_path / "spectrum.png", "rarest class 'truck', epoch 200")
-    assert margins_are_blank(image)
-    assert image.width >= 400 and image.height >= 250
+    series = spectrum_series(spectrum, "MetaSAug-CE", 200)
+    assert list(series) == ["MetaSAug-CE, epoch 200: estimated", "MetaSAug-CE, epoch 200: learned by its meta step"]
+    figure = spectrum_figure(series, "rarest class 'truck' (50 training images)")
+    assert_printable(figure, COLUMN_WIDTH)
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == list(series)
+    heights = [bar.get_height() for bar in figure.axes[0].patches]
+    assert heights == pytest.approx([*spectrum["isda"], *spectrum["meta_learned"].tolist()])
+    assert_saved(figure, tmp_path / "covariance_spectrum")
 
 
-def test_a_long_legend_wraps_above_the_bars(tmp_path):
-    """Figure 2's panel (b) has six long labels: they wrap to the plot's width instead of widening the image
-    past it, and every series keeps its colour."""
-    labels = [f"metasaug_ce_seed{i}: learned, meta_lr 0.1" for i in range(len(SERIES_COLOURS))]
-    series = {label: [1.0, 0.5 - 0.05 * i, 0.3, 0.2, 0.1] for i, label in enumerate(labels)}
-    image = save_spectrum_png(series, None, "(b) 'truck': estimated vs after the meta step")
-    assert margins_are_blank(image)
-    single_row = save_spectrum_png(dict(list(series.items())[:1]), None, "(b)")
-    assert image.width < 800 and image.height > single_row.height  # wrapped: taller, not wider
-    pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
-    for colour in SERIES_COLOURS:
-        assert (pixels == colour).all(axis=1).sum() > 100, colour
+FIGURE2 = {"rarest_class": "truck",
+           "panel_a": {"balanced CIFAR-10": [1.0, 0.43, 0.31], "long-tailed": [1.0, 0.16, 0.13]},
+           "panel_b": {"estimated (no meta-learning)": [1.0, 0.16, 0.13], "learned, meta_lr 0.1": [1.0, 0.16, 0.13],
+                       "isda_seed1: estimated": [1.0, 0.24, 0.2]},
+           "series": {"balanced CIFAR-10": dict(network="first phase", epoch=160,
+                                                covariance="balanced CIFAR-10 estimate", images=5000),
+                      "long-tailed": dict(network="first phase", epoch=160, covariance="long-tailed estimate",
+                                          images=24),
+                      "estimated (no meta-learning)": dict(network="first phase", epoch=160,
+                                                           covariance="long-tailed estimate", images=24),
+                      "learned, meta_lr 0.1": dict(network="first phase", epoch=160, meta_lr=0.1,
+                                                   covariance="learned by a meta step from the long-tailed estimate"),
+                      "isda_seed1: estimated": dict(network="ISDA w/o meta-learning", epoch=200,
+                                                    covariance="estimated")},
+           "relative_shift": {"learned, meta_lr 0.1": 6.58e-06}}
+
+
+def test_figure2_is_redrawn_from_its_json_alone(tmp_path, capsys):
+    from tools import figure2
+    path = tmp_path / "figure2.json"
+    path.write_text(json.dumps(FIGURE2))
+    assert figure2.main(["--plot", str(path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure2.json", "figure2.pdf", "figure2.png"]
+    assert list(figure2.panel_series(FIGURE2, "panel_a")) == [
+        "first phase, epoch 160: balanced CIFAR-10 estimate (5,000 images)",
+        "first phase, epoch 160: long-tailed estimate (24 images)"]
+    assert list(figure2.panel_series(FIGURE2, "panel_b"))[1:] == [
+        "first phase, epoch 160: learned by a meta step from the long-tailed estimate, meta_lr 0.1 (shift 6.6e-6)",
+        "ISDA w/o meta-learning, epoch 200: estimated"]
+    unnamed = {key: value for key, value in FIGURE2.items() if key != "series"}  # written before bars were named
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "figure2.json").write_text(json.dumps(unnamed))
+    capsys.readouterr()
+    assert figure2.main(["--plot", str(tmp_path / "old" / "figure2.json")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "lacks series" in error and "'command'" in error
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["figure2.json"]  # nothing written
+    with pytest.raises(SystemExit) as refused:
+        figure2.main(["--plot", str(path), "--data_root", "data"])
+    assert refused.value.code == 2

@@ -1,7 +1,9 @@
 """Committed results re-check: each results/**/model.pth evaluates to the accuracy its result.json
 records (on the real CIFAR-10 test images of ../shared), tools/export_run.py writes such a pair, and a
 first phase it exports branches exactly like the run trained from scratch."""
+import datetime
 import json
+import math
 import re
 import subprocess
 
@@ -11,10 +13,16 @@ import MetaSAug_test
 import trainer
 from conftest import (CE, CIFAR10_ARCHIVE, LDAM, REPO_ROOT, assert_ok, assert_tensors_equal, load, run_together,
                       train_flags, untimed)
-from tools import export_run, figure2, meta_step_size, report
+from data_utils import load_split
+from metrics import top1_accuracy
+from tools import export_run, figure2, meta_step_size, report, tensorboard_logs
 
 GPU_TOLERANCE = 0.05  # percentage points: 5 of the 10,000 CIFAR test images
 COMMITTED = sorted((REPO_ROOT / "results").rglob("model.pth"))
+# Each session evaluates every committed model.pth on a sample of the test set, and FULL_EVALUATIONS of them (all
+# with --all-weights) on all of it: a full evaluation costs about 10 s on a CPU thread, and results/ grows.
+FULL_EVALUATIONS = 4
+SAMPLE_EVERY = 10  # the sample: every 10th test image, 1,000 of CIFAR-10's 10,000
 
 
 def printed_accuracy(argv, capsys):
@@ -44,6 +52,7 @@ def test_exported_weights_evaluate_to_the_run_s_accuracy(tiny_run, tree4, tmp_pa
     assert str(tmp_path) not in command  # machine-specific paths stay out
     assert (dest / "model.pth").stat().st_size < 2 * 1024 * 1024
     assert list(out.glob("*.png")) and not list(dest.glob("*.png"))  # figures: numbers in result.json, not images
+    assert list(out.glob("events.out.tfevents.*")) and not list(dest.glob("events.out.tfevents.*"))
     accuracy = printed_accuracy(["--checkpoint_path", dest / "model.pth", "--data_root", tree4, "--num_classes", 4,
                                  "--imb_factor", 0.1, "--num_meta", 2, "--device", "cpu", "--test-batch-size", 16],
                                 capsys)
@@ -117,28 +126,103 @@ def test_meta_step_size_scales_with_the_lookahead_step(tiny_run, tree4, tmp_path
 
 
 @pytest.fixture(scope="module")
-def cifar10_test_split(tmp_path_factory):
+def cifar10_test_set(tmp_path_factory):
+    """The 10,000 CIFAR-10 test images and labels, decoded once for every committed model as MetaSAug_test.py
+    decodes them."""
     if not CIFAR10_ARCHIVE.exists():
         pytest.skip(f"the CIFAR-10 images are not at {CIFAR10_ARCHIVE}")
     root = tmp_path_factory.mktemp("cifar10")
     subprocess.run(["tar", "-xzf", str(CIFAR10_ARCHIVE), "-C", str(root), "test/"], check=True)
-    return root
+    images, labels, _ = load_split(root, "test", "cifar10", workers=4)
+    return images, labels
 
 
-@pytest.mark.skipif(not COMMITTED, reason="no committed results under results/")
-@pytest.mark.parametrize("weights", COMMITTED, ids=[str(p.parent.relative_to(REPO_ROOT)) for p in COMMITTED])
-def test_committed_weights_evaluate_to_their_result(weights, cifar10_test_split, capsys):
+def run_id(weights):
+    return str(weights.parent.relative_to(REPO_ROOT))
+
+
+def fully_evaluated(config):
+    """The committed weights this session evaluates on the whole test set: all of them with --all-weights, else
+    a rotating FULL_EVALUATIONS (another slice each day: each one every len(COMMITTED) / FULL_EVALUATIONS days)."""
+    if config.getoption("--all-weights"):
+        return COMMITTED
+    slices = max(1, math.ceil(len(COMMITTED) / FULL_EVALUATIONS))
+    return COMMITTED[datetime.date.today().toordinal() % slices::slices]
+
+
+def pytest_generate_tests(metafunc):
+    if "fully_evaluated_weights" in metafunc.fixturenames:
+        chosen = fully_evaluated(metafunc.config)
+        metafunc.parametrize("fully_evaluated_weights", chosen, ids=list(map(run_id, chosen)))
+
+
+def committed_accuracy(weights, images, labels):
+    """The accuracy MetaSAug_test.py gives ``weights`` on ``images`` (on the CPU, with the flags of the run's
+    README), and the run's result.json."""
     result = json.loads((weights.parent / "result.json").read_text())
     config = result["config"]
-    accuracy = printed_accuracy(["--checkpoint_path", weights, "--dataset", config["dataset"], "--imb_factor",
-                                 config["imb_factor"], "--data_root", cifar10_test_split, "--device", "cpu"], capsys)
+    args = MetaSAug_test.build_parser().parse_args(["--checkpoint_path", str(weights), "--dataset", config["dataset"],
+                                                    "--imb_factor", str(config["imb_factor"]), "--device", "cpu"])
+    model, _, _ = MetaSAug_test.load_model(args)
+    return top1_accuracy(MetaSAug_test.predict_images(model, images, args), labels), result
+
+
+def test_committed_weights_evaluate_to_their_result(fully_evaluated_weights, cifar10_test_set):
+    """On the whole test set, exactly (GPU runs: within GPU_TOLERANCE)."""
+    accuracy, result = committed_accuracy(fully_evaluated_weights, *cifar10_test_set)
     if result["device"].startswith("cuda"):  # cuDNN (TF32) and the CPU round differently: a few images may flip
         assert abs(accuracy - (100 - result["final_top1_error"])) <= GPU_TOLERANCE
     else:
         assert f"{accuracy:.2f}" == f"{100 - result['final_top1_error']:.2f}"
+
+
+@pytest.mark.skipif(not COMMITTED, reason="no committed results under results/")
+@pytest.mark.parametrize("weights", COMMITTED, ids=list(map(run_id, COMMITTED)))
+def test_committed_weights_score_their_result_on_a_sample(weights, cifar10_test_set):
+    """Every committed model.pth, cheaply: on every SAMPLE_EVERY-th test image (the same share of each class) its
+    accuracy is its result.json's within 5 standard deviations of such a sample (drawn without replacement):
+    weights that are broken, of another dataset or wrongly preprocessed fail; the exact check is the full one."""
+    images, labels = cifar10_test_set
+    accuracy, result = committed_accuracy(weights, images[::SAMPLE_EVERY], labels[::SAMPLE_EVERY])
+    expected, sampled, whole = 100 - result["final_top1_error"], len(labels[::SAMPLE_EVERY]), len(labels)
+    spread = math.sqrt(expected * (100 - expected) / sampled * (whole - sampled) / (whole - 1))
+    assert abs(accuracy - expected) <= 5 * spread + GPU_TOLERANCE, (accuracy, expected)
     assert weights.stat().st_size < 2 * 1024 * 1024
     assert (weights.parent / "README.md").is_file() and (weights.parent / "criterion.pth").is_file()
-    assert list(weights.parent.glob("events.out.tfevents.*"))
+
+
+def scalars_and_images(logdir):
+    """Every scalar (tag -> {step: value}) and the steps of every image of the TensorBoard events in ``logdir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    return ({tag: {e.step: e.value for e in events.Scalars(tag)} for tag in tags["scalars"]},
+            {tag: [e.step for e in events.Images(tag)] for tag in tags["images"]})
+
+
+def test_tensorboard_logs_from_result_json_are_the_training_s_own(tiny_run, tmp_path, capsys):
+    """What tools/tensorboard_logs.py writes from an exported run's result.json is what the training logged:
+    every scalar at every epoch, and the last evaluation's confusion matrix."""
+    out, checkpoint = tiny_run
+    tree = tmp_path / "results" / "imb10"
+    export_run.export(out, checkpoint, tree / "metasaug_seed1")
+    assert tensorboard_logs.main([str(tmp_path / "results"), "--out", str(tmp_path / "tb")]) == 0
+    logged, logged_images = scalars_and_images(out)
+    written, written_images = scalars_and_images(tmp_path / "tb" / "results" / "imb10" / "metasaug_seed1")
+    assert written == logged and len(logged) > 10 and "covariance_rarest_class/meta_learned_s2" in logged
+    assert written_images == {"figures/confusion_matrix": [2]} and 2 in logged_images["figures/confusion_matrix"]
+    capsys.readouterr()
+    for argv in ([str(tmp_path / "results")], [str(tmp_path / "absent")], [str(tmp_path / "tb")]):  # written; none
+        assert tensorboard_logs.main([*argv, "--out", str(tmp_path / "tb")]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and "error:" in error
+    assert len(list((tmp_path / "tb").rglob("events.out.tfevents.*"))) == 1  # nothing more written
+
+
+def test_results_hold_no_tensorboard_events():
+    """A clone stays light: tools/tensorboard_logs.py writes the logs of committed runs from their result.json."""
+    assert not list((REPO_ROOT / "results").rglob("events.out.tfevents.*"))
 
 
 def test_figure2_from_an_exported_first_phase(tiny_run, tree4, tmp_path):
@@ -150,6 +234,9 @@ def test_figure2_from_an_exported_first_phase(tiny_run, tree4, tmp_path):
     record = json.loads((tmp_path / "fig" / "figure2.json").read_text())
     assert record["rarest_class"] == "class03" and record["network_epoch"] == 1
     assert list(record["panel_b"])[-2:] == ["metasaug: estimated", "metasaug: learned, meta_lr 0.1"]
+    assert [figure2.legend(record["series"][key]) for key in list(record["panel_b"])[::3]] == [
+        "first phase, epoch 1: long-tailed estimate (3 images)",
+        "MetaSAug-CE, epoch 2: estimated"]  # which network, which epoch, which covariance
     for series in (*record["panel_a"].values(), *record["panel_b"].values()):
         assert len(series) == 5 and series[0] == pytest.approx(1.0)
     shifts = record["relative_shift"]  # exactly proportional to meta_lr: one step from the same estimate
@@ -160,7 +247,11 @@ def test_figure2_from_an_exported_first_phase(tiny_run, tree4, tmp_path):
     (second_phase / "result.json").write_text(json.dumps(result))
     assert figure2.main([str(first_phase / "phase1.pth"), "--data_root", str(tree4), "--out", str(tmp_path / "x"),
                          "--batches", "1", "--runs", str(second_phase)]) == 2
-    assert (tmp_path / "fig" / "figure2.png").stat().st_size > 0
+    for name in ("figure2.png", "figure2.pdf"):  # --plot draws the same figure from the JSON alone
+        drawn = (tmp_path / "fig" / name).read_bytes()
+        (tmp_path / "fig" / name).unlink()
+        assert figure2.main(["--plot", str(tmp_path / "fig" / "figure2.json")]) == 0
+        assert len((tmp_path / "fig" / name).read_bytes()) == pytest.approx(len(drawn), rel=0.05)
 
 
 def test_figure2_study_spectra_feed_the_report_s_study_table(tiny_run, tree4, tmp_path, capsys):

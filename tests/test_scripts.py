@@ -630,10 +630,11 @@ def test_stale_outputs_of_a_run_without_checkpoint_are_cleared(tree4, tmp_path, 
     out.mkdir()
     (out / "train.log").write_text("an attempt that crashed before its first epoch\n")
     (out / "events.out.tfevents.1.stale").write_bytes(b"x")
+    (out / "covariance_spectrum.pdf").write_bytes(b"x")  # one first-phase epoch draws none: this one is stale
     code, err, _ = call_main(ce_main, train_flags(tree4, tmp_path, epochs=1) + ["--max_train_batches", 1], capsys)
     assert code == 0, err
     assert "crashed" not in (out / "train.log").read_text()
-    assert not (out / "events.out.tfevents.1.stale").exists()
+    assert not (out / "events.out.tfevents.1.stale").exists() and not (out / "covariance_spectrum.pdf").exists()
 
 
 @pytest.mark.parametrize("method, warned", [("metasaug", True), ("isda", True), ("plain", False), ("cb", False)])

@@ -2,9 +2,11 @@
 
     python tools/export_run.py RUN_OUT_DIR CHECKPOINT DEST [--first_phase FIRST_PHASE_DEST]
 
-writes DEST/result.json, the run's figures, TensorBoard event files, train.log and notes, the final
-weights as a plain state_dict (DEST/model.pth, about 1.9 MB for ResNet-32), the loss module's final state
-(DEST/criterion.pth: the estimator's covariances, about 170 kB, which tools/meta_step_size.py reads), and
+writes DEST/result.json, train.log and notes (no figures and no TensorBoard event files, about 1.4 MB a run:
+result.json holds their numbers, and tools/tensorboard_logs.py writes TensorBoard logs from its history), the
+final weights as a plain state_dict (DEST/model.pth, about 1.9 MB for ResNet-32), the loss
+module's final state (DEST/criterion.pth: the estimator's covariances, about 170 kB, which
+tools/meta_step_size.py reads), and
 DEST/README.md: the command that trained the run (the dataset, imbalance and seed, and every other flag that
 differs from its default), the commits that trained it, the command that evaluates model.pth to the accuracy
 in result.json (tests/test_results.py runs it) and the one that measures the meta step on criterion.pth. A
@@ -14,7 +16,7 @@ and its command branches from it.
 A first phase (CHECKPOINT a <save_name>_phase1.pth.tar, or the last checkpoint of a --first_phase_only run)
 becomes DEST/phase1.pth: exactly what --init_from reads (weights, optimizer state, position, history, the
 run state and config; not the loss module, which a branch builds afresh), about 3.9 MB for ResNet-32, with
-its train.log, notes and events, and a README with the command that trains it and one that branches from it.
+its train.log and notes, and a README with the command that trains it and one that branches from it.
 """
 import json
 import os
@@ -31,10 +33,10 @@ sys.path.insert(0, str(REPO))
 import MetaSAug_CE_train  # noqa: E402
 import MetaSAug_LDAM_train  # noqa: E402
 from checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint  # noqa: E402
-from cifar_flags import RECIPES, build_parser  # noqa: E402
+from cifar_flags import RECIPES, build_parser, first_phase_loss  # noqa: E402
 from cli import OneLineParser  # noqa: E402
 
-# the run's PNG figures stay out of results/: result.json holds their numbers, the events the confusion matrices
+# figures and TensorBoard events stay out of results/: result.json holds their numbers (tools/tensorboard_logs.py)
 COPIED = ("result.json", "train.log", "stdout.log", "NOTES.txt")
 MACHINE_SPECIFIC = ("data_root", "checkpoint_dir", "out_dir", "resume", "init_from", "workers", "device", "gpu",
                     "no_cuda", "print_freq", "overwrite", "download")
@@ -88,8 +90,6 @@ def copy_run_files(run_dir, dest):
     for name in COPIED:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, dest / name)
-    for events in sorted(run_dir.glob("events.out.tfevents.*")):
-        shutil.copy2(events, dest / events.name)
 
 
 def untimed(history):
@@ -113,17 +113,25 @@ def export_first_phase(run_dir, checkpoint, dest):
     copy_run_files(run_dir, dest)
     save_checkpoint({key: checkpoint[key] for key in FIRST_PHASE_KEYS}, dest / "phase1.pth")
     config = checkpoint["config"]
+    loss = first_phase_loss(config["method"], checkpoint["base_loss"], config.get("beta"), config.get("max_m"),
+                            config.get("gamma"))
+    shared = loss == "cross-entropy"  # what CE and the augmented rows train first; another is its own row's
+    method = "metasaug" if shared else config["method"]  # a row that branches from it
     train = training_command({**config, "first_phase_only": True}, checkpoint["base_loss"])
-    branch = training_command({**config, "first_phase_only": False, "method": "metasaug",
-                               "save_name": config["save_name"].replace("first_phase", "metasaug_ce")},
+    branch = training_command({**config, "first_phase_only": False, "method": method,
+                               "save_name": config["save_name"].replace("first_phase",
+                                                                        f"{method}_{checkpoint['base_loss']}")},
                               checkpoint["base_loss"])
     last = checkpoint["history"][-1]
     train = shlex.join(["python", *train, "--data_root", "data/cifar10"])
     branch = shlex.join(["python", *branch, "--data_root", "data/cifar10", "--init_from", str(dest / "phase1.pth")])
     (dest / "README.md").write_text(
         f"# {dest.name}\n\n"
-        f"The first phase (plain cross-entropy, epochs 1-{checkpoint['epoch']}) that CE, ISDA w/o meta-learning "
-        f"and every MetaSAug variant of this dataset, imbalance and seed branch from. Epoch {last['epoch'] + 1}: "
+        + (f"The first phase (plain cross-entropy, epochs 1-{checkpoint['epoch']}) that CE, ISDA w/o meta-learning "
+           f"and every MetaSAug variant of this dataset, imbalance and seed branch from. " if shared else
+           f"The first phase ({loss}, recipe {config.get('recipe', 'released')}, epochs 1-{checkpoint['epoch']}) "
+           f"that the rows training that loss first of this dataset, imbalance and seed branch from. ")
+        + f"Epoch {last['epoch'] + 1}: "
         f"test top-1 error {100 - last['test_top1']:.2f}. Long-tail subset sha256 "
         f"{checkpoint['train_index_sha256']}. Commits that trained it: {', '.join(map(str, checkpoint['commits']))}; "
         f"NOTES.txt says where each part ran, train.log has every epoch.\n\n"
@@ -179,7 +187,7 @@ def export(run_dir, checkpoint_path, dest, first_phase=None):
 
 def main(argv=None):
     parser = OneLineParser(prog="export_run.py", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", help="the run's --out_dir (result.json, figures, events, train.log)")
+    parser.add_argument("run_dir", help="the run's --out_dir (result.json, train.log, NOTES.txt)")
     parser.add_argument("checkpoint", help="the run's final <save_name>_ckpt.pth.tar")
     parser.add_argument("dest", help="e.g. results/cifar10_jpeg/imb100/<run name>")
     parser.add_argument("--first_phase", help="the committed first phase (results/.../first_phase_seed<S>) the run "

@@ -5,6 +5,7 @@ long-tailed estimate vs the covariance MetaSAug's update uses after its meta ste
     python tools/figure2.py NETWORK --data_root data/cifar10 --out DIR [--batches 8] [--meta_lr 0.1 5000]
                             [--runs RESULTS_DIR ...]
     python tools/figure2.py --study results/cifar10_jpeg/imb100/study --data_root data/cifar10 [--batches 8]
+    python tools/figure2.py --plot results/cifar10_jpeg/imb200/figure2/figure2.json
 
 NETWORK is what --init_from reads (a first phase: results/.../first_phase_seed1/phase1.pth), a training
 checkpoint, or a results folder (model.pth, result.json). The paper does not say which network its figure
@@ -18,7 +19,11 @@ the rarest class (its meta-gradient is zero in the others), with the run's class
 and each ``--meta_lr``; the covariance each step learned is averaged over the batches, and its spectrum drawn
 beside the estimate's. ``--runs``: second phases branched from NETWORK (results folders) add to (b) their own
 final estimate and the covariance their own meta step learns from it with their final network. Writes
-DIR/figure2.png and DIR/figure2.json.
+DIR/figure2.json (the numbers, and in ``series`` what each bar is: which network, at which epoch, which
+covariance) and the figure from it, DIR/figure2.png and DIR/figure2.pdf.
+
+``--plot JSON``: redraw figure2.png and figure2.pdf beside a figure2.json from its numbers alone (no data, no
+network, no GPU), e.g. after a change of the figure's layout.
 
 ``--study DIR``: panel (b) for every arm of the meta-step study (each run folder under DIR, as
 tools/export_run.py wrote it): the rarest class's spectrum of the arm's final estimate and, for an arm with a
@@ -31,8 +36,8 @@ import json
 import sys
 from pathlib import Path
 
+import matplotlib
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,9 +45,10 @@ from checkpoint import CheckpointError  # noqa: E402
 from cli import OneLineParser, git_commit  # noqa: E402
 from data_utils import DataError, augment, batch_generator, load_split, normalize  # noqa: E402
 from data_utils import sample_meta_batch  # noqa: E402
-from figures import save_spectrum_png, top_singular_values  # noqa: E402
+from figures import COLOURS, PAGE_WIDTH, STYLE, draw_spectrum, new_figure, save_figure  # noqa: E402
+from figures import top_singular_values  # noqa: E402
 from loss import EstimatorCV, MetaSAugLoss  # noqa: E402
-from methods import METHODS  # noqa: E402
+from methods import METHODS, row_name, short_name  # noqa: E402
 from meta_layers import MetaSAug, augmentation_ratio  # noqa: E402
 from resnet import ResNet32  # noqa: E402
 from tools.meta_step_size import load_run, run_dataset  # noqa: E402
@@ -101,17 +107,79 @@ def learned_covariance(model, checkpoint, data, estimate, rarest, meta_lr, batch
     return torch.stack(learned).mean(0), sum(shifts) / len(shifts), lookahead_lr
 
 
-def draw(record, path):
-    """figure2.png from figure2.json's numbers: the two panels side by side."""
-    name, counts = record["rarest_class"], f"{record['rarest_class_images']} vs {record['balanced_images']} images"
-    panels = [save_spectrum_png(record["panel_a"], None, f"(a) '{name}': balanced vs long-tailed ({counts})"),
-              save_spectrum_png(record["panel_b"], None, f"(b) '{name}': estimated vs after the meta step")]
-    canvas = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)), "white")
-    x = 0
-    for panel in panels:
-        canvas.paste(panel, (x, canvas.height - panel.height))  # the x axes on one line
-        x += panel.width
-    canvas.save(path)
+def shift_text(shift):
+    """A relative shift as a reader takes it in: 0.33, 6.6e-6."""
+    if shift >= 0.01:
+        return f"{shift:.2f}"
+    mantissa, exponent = f"{shift:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def legend(series, shift=None):
+    """A bar's legend in words, from figure2.json's ``series`` entry: which network, at which epoch, which
+    covariance, and for a learned one its meta_lr and how far it moved from the estimate."""
+    text = f"{series['network']}, epoch {series['epoch']}: {series['covariance']}"
+    if "images" in series:
+        text += f" ({series['images']:,} image{'s' * (series['images'] != 1)})"
+    if "meta_lr" in series:
+        text += f", meta_lr {series['meta_lr']:g}"
+    return text + (f" (shift {shift_text(shift)})" if shift is not None else "")
+
+
+def panel_series(record, panel):
+    """One panel's bars keyed by their legend words."""
+    return {legend(record["series"][key], record["relative_shift"].get(key)): values
+            for key, values in record[panel].items()}
+
+
+def draw(record, stem):
+    """figure2.png and figure2.pdf from figure2.json's numbers: the two panels side by side, a page wide, under
+    them one legend, a line a covariance; a covariance in both panels has one colour and one line."""
+    name = record["rarest_class"]
+    panels = {key: panel_series(record, key) for key in ("panel_a", "panel_b")}
+    labels = list(dict.fromkeys(label for series in panels.values() for label in series))
+    colour = {label: COLOURS[i % len(COLOURS)] for i, label in enumerate(labels)}
+    figure = new_figure(PAGE_WIDTH, 2.6 + 0.16 * len(labels))
+    titles = (f"(a) '{name}': balanced vs long-tailed estimate", f"(b) '{name}': estimated vs learned by a meta step")
+    with matplotlib.rc_context(STYLE):
+        axes = figure.subplots(1, 2, width_ratios=[1, 1.75])
+        for ax, (key, series), title in zip(axes, panels.items(), titles):
+            draw_spectrum(ax, series, title, [colour[label] for label in series])
+        handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
+        figure.legend([handles[label] for label in labels], labels, loc="outside lower left", frameon=False)
+    return save_figure(figure, stem)
+
+
+def network_name(checkpoint):
+    """The network the figure starts from, in words: a first phase (what every second phase branches from), or
+    the row of the run it is the end of."""
+    config = checkpoint["config"]
+    if checkpoint["epoch"] == config["meta_start"]:
+        return "first phase"
+    return short_name(row_name(config["method"], checkpoint["base_loss"], config.get("recipe", "released")))
+
+
+def series_of_network(name, epoch, balanced_images, rarest_images, meta_lrs):
+    """``series`` entries of the bars drawn from the network the figure starts from, ``name`` at ``epoch``."""
+    network = dict(network=name, epoch=epoch)
+    long_tailed = dict(network, covariance="long-tailed estimate", images=rarest_images)
+    series = {"balanced CIFAR-10": dict(network, covariance="balanced CIFAR-10 estimate", images=balanced_images),
+              "long-tailed": long_tailed, "estimated (no meta-learning)": long_tailed}
+    for meta_lr in meta_lrs:
+        series[f"learned, meta_lr {meta_lr:g}"] = dict(
+            network, covariance="learned by a meta step from the long-tailed estimate", meta_lr=meta_lr)
+    return series
+
+
+def series_of_run(run, entry):
+    """``series`` entries of a second phase's bars (``run_spectra``'s ``entry``): its row, its final epoch."""
+    name = Path(run).name
+    network = dict(network=entry["row"], epoch=entry["epoch"], run=str(run))
+    series = {f"{name}: estimated": dict(network, covariance="estimated")}
+    if "learned" in entry:
+        series[f"{name}: learned, meta_lr {entry['meta_lr']:g}"] = dict(
+            network, covariance="learned by its meta step from its estimate", meta_lr=entry["meta_lr"])
+    return series
 
 
 def figure2(network, data_root, out, batches, meta_lrs, runs=()):
@@ -127,6 +195,9 @@ def figure2(network, data_root, out, batches, meta_lrs, runs=()):
     panel_a = {"balanced CIFAR-10": top_singular_values(balanced.covariance[rarest]),
                "long-tailed": top_singular_values(long_tailed.covariance[rarest])}
     panel_b, shifts = {"estimated (no meta-learning)": panel_a["long-tailed"]}, {}
+    balanced_images = int((labels == rarest).sum())
+    series = series_of_network(network_name(checkpoint), checkpoint["epoch"], balanced_images,
+                               data.cls_num_list[rarest], meta_lrs)
     for meta_lr in meta_lrs:
         covariance, shift, lookahead_lr = learned_covariance(model, checkpoint, data, long_tailed, rarest, meta_lr,
                                                              batches)
@@ -134,6 +205,7 @@ def figure2(network, data_root, out, batches, meta_lrs, runs=()):
         panel_b[label], shifts[label] = top_singular_values(covariance), shift
     for run in runs:  # second phases branched from the network: their own estimate, and what their step learned
         entry, run_name = run_spectra(run, data, subset_key(config), batches), Path(run).name
+        series.update(series_of_run(run, entry))
         panel_b[f"{run_name}: estimated"] = entry["estimated"]
         if "learned" in entry:
             label = f"{run_name}: learned, meta_lr {entry['meta_lr']:g}"
@@ -143,14 +215,32 @@ def figure2(network, data_root, out, batches, meta_lrs, runs=()):
     record = dict(network=str(network), network_epoch=checkpoint["epoch"], runs=[str(run) for run in runs],
                   dataset=config["dataset"],
                   imb_factor=config["imb_factor"], rarest_class=name, rarest_class_images=data.cls_num_list[rarest],
-                  balanced_images=int((labels == rarest).sum()),
-                  panel_a=panel_a, panel_b=panel_b, relative_shift=shifts, batches=batches,
+                  balanced_images=balanced_images,
+                  panel_a=panel_a, panel_b=panel_b, series=series, relative_shift=shifts, batches=batches,
                   lookahead_lr=lookahead_lr, lam=config["lam"],
                   ratio=augmentation_ratio(config["lam"], config["meta_start"], config["epochs"]),
                   command=" ".join(["python", "tools/figure2.py", *sys.argv[1:]]), commit=git_commit())
     (out / "figure2.json").write_text(json.dumps(record, indent=1) + "\n")
-    draw(record, out / "figure2.png")
+    draw(record, out / "figure2")
     return record
+
+
+def plot(json_path):
+    """figure2.png and figure2.pdf beside ``json_path``, drawn from its numbers alone."""
+    json_path = Path(json_path)
+    try:
+        record = json.loads(json_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{json_path} is not JSON ({error}); give a figure2.json this tool wrote") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{json_path} is not a figure2.json; give one this tool wrote")
+    missing = [key for key in ("rarest_class", "panel_a", "panel_b", "series", "relative_shift") if key not in record]
+    unnamed = [key for panel in ("panel_a", "panel_b") for key in record.get(panel, {})
+               if key not in record.get("series", {})]
+    if missing or unnamed:
+        raise ValueError(f"{json_path} lacks {', '.join(missing + unnamed)}; rewrite it with the command in its "
+                         f"'command' field")
+    return draw(record, json_path.with_suffix(""))
 
 
 def subset_key(config):
@@ -173,7 +263,9 @@ def run_spectra(run_dir, data, subset, batches):
     estimate.load_state_dict({key.split(".", 1)[1]: value for key, value in checkpoint["criterion"].items()
                               if key.startswith("estimator.")})
     eigenvalues = torch.linalg.eigvalsh(estimate.covariance)
-    entry = dict(epoch=checkpoint["epoch"], estimated=top_singular_values(estimate.covariance[rarest]),
+    entry = dict(epoch=checkpoint["epoch"], row=short_name(row_name(config["method"], checkpoint["base_loss"],
+                                                                   config.get("recipe", "released"))),
+                 estimated=top_singular_values(estimate.covariance[rarest]),
                  smallest_eigenvalue=eigenvalues[:, 0].tolist(), largest_eigenvalue=eigenvalues[:, -1].tolist())
     if METHODS[config["method"]].meta_step:
         covariance, shift, lookahead_lr = learned_covariance(model, checkpoint, data, estimate, rarest,
@@ -203,9 +295,11 @@ def main(argv=None):
     parser = OneLineParser(prog="figure2.py", description=__doc__.splitlines()[0])
     parser.add_argument("network", nargs="?", help="a first phase (phase1.pth), a training checkpoint or a results "
                         "folder")
-    parser.add_argument("--data_root", required=True, help="the CIFAR-10 images (train/ and test/)")
-    parser.add_argument("--out", help="folder for figure2.png and figure2.json")
+    parser.add_argument("--data_root", help="the CIFAR-10 images (train/ and test/); not with --plot")
+    parser.add_argument("--out", help="folder for figure2.json, figure2.png and figure2.pdf")
     parser.add_argument("--study", help="instead of NETWORK: the meta-step study's folder; writes its spectra.json")
+    parser.add_argument("--plot", metavar="JSON", help="instead of NETWORK: redraw figure2.png and figure2.pdf beside "
+                        "this figure2.json from its numbers alone")
     parser.add_argument("--runs", nargs="+", default=[],
                         help="results folders of second phases branched from NETWORK: panel (b) adds each one's "
                         "final estimate and what its own meta step learns from it")
@@ -213,14 +307,20 @@ def main(argv=None):
     parser.add_argument("--meta_lr", type=float, nargs="+", default=[0.1, 5000.0],
                         help="meta step sizes for panel (b): the released 0.1, and the study's largest")
     args = parser.parse_args(argv)
-    if (args.study is None) == (args.network is None) or (args.network is not None) != (args.out is not None):
-        parser.error("give NETWORK with --out, or --study DIR")
+    modes = sum(mode is not None for mode in (args.network, args.study, args.plot))
+    if modes != 1 or (args.network is not None) != (args.out is not None):
+        parser.error("give NETWORK with --out, or --study DIR, or --plot JSON")
+    if (args.plot is None) == (args.data_root is None):
+        parser.error("--plot needs no --data_root; NETWORK and --study need one")
     try:
+        if args.plot:
+            print("wrote " + " ".join(map(str, plot(args.plot))))
+            return 0
         if args.study:
             print(json.dumps(study_spectra(args.study, args.data_root, args.batches)["runs"], indent=1))
             return 0
         record = figure2(args.network, args.data_root, args.out, args.batches, args.meta_lr, args.runs)
-    except (CheckpointError, DataError, OSError) as error:
+    except (CheckpointError, DataError, OSError, ValueError) as error:
         print(f"figure2.py: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({k: record[k] for k in ("rarest_class", "panel_a", "panel_b", "relative_shift")}, indent=1))

@@ -1,12 +1,18 @@
 """Summarise the ``result.json`` files of a folder of runs beside the paper's numbers.
 
-    python tools/report.py runs/table1 [--table table1 [table5 ...]] [--imbalance 100] [--format markdown|csv|latex] [--all]
+    python tools/report.py runs/table1 [more folders] [--table table1 [table5 ...]] [--imbalance 100 | 0.01]
+                           [--format markdown|csv|latex] [--all]
 
+Every folder given is searched; a cell pools its runs across them (e.g. ``results/cifar10_jpeg runs/table1``:
+the committed runs and a sweep's), and a run found twice (an exported copy: the same result.json) counts once.
 Runs are grouped by table row (``methods.py``: method and base loss), dataset, imbalance and protocol
 (schedule, caps and test-set coverage); the seeds of one group are averaged (mean ± sample std; a
 single run has no spread to show, so its number stands alone, with n=1). The
 final-epoch error is the headline; the best-epoch error (test-set selection, as the released script
 prints) stands beside it, labelled; then the paper's number and the difference (ours final − paper).
+How often a run evaluated its first phase (``--eval_every``) does not change its training (the final weights
+are bit-identical, tests/test_run_table.py checks), so runs of every ``--eval_every`` pool; the best epoch is
+taken over the epochs every run of the cell evaluated, and the report says which.
 Only tables, imbalances and rows that have runs are printed, unless ``--all`` asks for the paper's
 whole grid ("missing" where a run is absent). Runs of one cell must share their long-tail subset
 (``train_index_sha256``): the report refuses to average runs trained on different images.
@@ -14,6 +20,7 @@ whole grid ("missing" where a run is absent). Runs of one cell must share their 
 import csv
 import io
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -23,13 +30,12 @@ PAPER = Path(__file__).with_name("paper_results.json")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli import OneLineParser  # noqa: E402
-from methods import METHODS, TABLES, large_scale_cells, row_name  # noqa: E402
+from cli import OneLineParser, imbalance_factor  # noqa: E402
+from methods import METHODS, SHORT_NAMES, TABLES, large_scale_cells, row_name  # noqa: E402
 
 # The full released protocol (lam: the released commands' per dataset); a run's protocol is said as this plus
 # what it changes.
-FULL_PROTOCOL = dict(epochs=200, meta_start=160, lr_milestones=[160, 180], batch_size=100, max_train_batches=None,
-                     eval_every=1)
+FULL_PROTOCOL = dict(epochs=200, meta_start=160, lr_milestones=[160, 180], batch_size=100, max_train_batches=None)
 RELEASED_LAM = {"cifar10": 0.25, "cifar100": 0.75}
 
 
@@ -53,10 +59,16 @@ STUDY = "study"  # runs under a folder of this name are arms of the meta-step st
 SPECTRA = "spectra.json"  # beside the study's runs: the rarest class's spectra (tools/figure2.py --study)
 
 
-def load_runs(folder):
-    runs = []
-    for path in sorted(Path(folder).rglob("result.json")):
-        result = json.loads(path.read_text())
+def load_runs(folders):
+    """The runs under every folder of ``folders``; a result.json found twice (a run and its exported copy)
+    once."""
+    runs, seen = [], set()
+    for folder, path in ((folder, path) for folder in folders for path in sorted(Path(folder).rglob("result.json"))):
+        text = path.read_text()
+        if text in seen:
+            continue
+        seen.add(text)
+        result = json.loads(text)
         if STUDY in path.relative_to(folder).parts[:-1]:
             runs.append(study_arm(result, path))
             continue
@@ -71,7 +83,11 @@ def load_runs(folder):
                          dataset=config["dataset"], imbalance=round(1 / config["imb_factor"]), protocol=protocol,
                          partial=tested != whole, seed=result["seed"], final=result["final_top1_error"],
                          best=result["best_top1_error"], shots=result["shot_accuracy"],
-                         subset=result.get("train_index_sha256"), path=str(path)))
+                         subset=result.get("train_index_sha256"), path=str(path),
+                         eval_every=config.get("eval_every", 1),
+                         meta_start=config.get("meta_start", FULL_PROTOCOL["meta_start"]),
+                         errors={h["epoch"]: 100 - h["test_top1"] for h in result["history"]
+                                 if h.get("test_top1") is not None}))
     return runs
 
 
@@ -203,14 +219,29 @@ def summary(values):
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def best_over_common_epochs(group):
+    """Each run's best-epoch error over the epochs every run of ``group`` evaluated (runs of another --eval_every
+    evaluated other first-phase epochs), and those epochs in words."""
+    common = set.intersection(*(set(r["errors"]) for r in group))
+    every = math.lcm(*(r["eval_every"] for r in group))  # a first-phase epoch all of them evaluated
+    meta_start = group[0]["meta_start"]
+    words = ("every epoch" if every == 1 else
+             f"every {every} epochs to epoch {meta_start}, then every epoch (--eval_every {every})")
+    return [min(r["errors"][epoch] for epoch in common) for r in group], words
+
+
 def cell(group, paper):
-    """The figures of one table cell: n, final and best (mean, std), paper, Δ, shots, partial coverage."""
+    """The figures of one table cell: n, final and best (mean, std; ``best_over``: the epochs the best was taken
+    over), paper, Δ, shots, partial coverage."""
     if group:
         check_cell(group)
     figures = dict(n=len(group), paper=paper, partial=any(r["partial"] for r in group))
     if group:
         figures["final"] = summary([r["final"] for r in group])
-        figures["best"] = summary([r["best"] for r in group]) if group[0]["best"] is not None else None
+        figures["best"] = figures["best_over"] = None
+        if group[0]["best"] is not None:
+            best, figures["best_over"] = best_over_common_epochs(group)
+            figures["best"] = summary(best)
         figures["delta"] = figures["final"][0] - paper if paper is not None else None
         figures["seeds"] = {r["seed"]: r["final"] for r in group}
         for key in ("many", "medium", "few"):
@@ -284,11 +315,13 @@ def fmt(pair, plus_minus=" ± "):
     return f"{mean:.2f}" if std is None else f"{mean:.2f}{plus_minus}{std:.2f}"
 
 
-def markdown_cell(figures):
+def markdown_cell(figures, say_epochs=False):
+    """A cell's text; ``say_epochs``: with the epochs its best was taken over (where the grid's cells differ)."""
     paper = f" · paper {figures['paper']:.2f}" if figures["paper"] is not None else ""
     if not figures["n"]:
         return "missing" + paper
-    best = f"best {fmt(figures['best'])}, " if figures["best"] else ""
+    over = f" over {figures['best_over']}" if say_epochs else ""
+    best = f"best {fmt(figures['best'])}{over}, " if figures["best"] else ""
     text = f"**{fmt(figures['final'])}** ({best}n={figures['n']})"
     if figures["partial"]:
         text += f" {PARTIAL}"
@@ -330,9 +363,12 @@ def markdown(spec, grids):
         header = "| method | " + " | ".join(grid["headers"]) + " |"
         rule = "|---" * (len(grid["columns"]) + 1) + "|"
         partial = f" {PARTIAL} evaluated on part of the test set only." if PARTIAL in (grid["protocol"] or "") else ""
-        out += [f"#### {spec['title']}", "", f"Protocol: {grid['protocol'] or '(no runs)'}. {LEGEND}{partial}",
+        overs = {c["best_over"] for _, cells in grid["rows"] for c in cells if c.get("best_over")}
+        over = f" Best epoch over {next(iter(overs))}." if len(overs) == 1 else ""
+        out += [f"#### {spec['title']}", "", f"Protocol: {grid['protocol'] or '(no runs)'}. {LEGEND}{over}{partial}",
                 "", header, rule]
-        out += [f"| {row} | " + " | ".join(markdown_cell(c) for c in cells) + " |" for row, cells in grid["rows"]]
+        out += [f"| {row} | " + " | ".join(markdown_cell(c, say_epochs=len(overs) > 1) for c in cells) + " |"
+                for row, cells in grid["rows"]]
         out += ["", "Many / Medium / Few-shot accuracy (%) at the final epoch (>100, 20–100, <20 training images):",
                 "", header, rule]
         out += [f"| {row} | " + " | ".join(shots_cell(c) for c in cells) + " |" for row, cells in grid["rows"]]
@@ -353,11 +389,11 @@ def csv_rows(name, spec, grids):
                        "" if figures["paper"] is None else figures["paper"],
                        "" if figures.get("delta") is None else f"{figures['delta']:.4f}",
                        *("" if figures.get(k) is None else f"{figures[k]:.4f}" for k in ("many", "medium", "few")),
-                       int(figures["partial"])]
+                       int(figures["partial"]), figures.get("best_over") or ""]
 
 
 CSV_HEADER = ["table", "protocol", "row", "imbalance", "n", "final_mean", "final_std", "best_mean", "best_std",
-              "paper", "delta_final_minus_paper", "many", "medium", "few", "partial_test_set"]
+              "paper", "delta_final_minus_paper", "many", "medium", "few", "partial_test_set", "best_over"]
 
 
 def latex(spec, grids):
@@ -384,25 +420,113 @@ def latex(spec, grids):
     return out
 
 
+GRID_IMBALANCES = (200, 100, 50, 20, 10)
+DATA_NOTE = "data.txt"  # beside the runs: one line saying which images they trained and were tested on
+
+
+def grid_spec(paper):
+    """The results grid as a table ``select`` reads: the CIFAR-10-LT rows of methods.SHORT_NAMES in its order,
+    each with the paper's numbers from whichever of its CIFAR-10 tables has the row (Table 1 first)."""
+    tables = sorted((name, spec) for name, spec in paper["tables"].items()
+                    if spec.get("kind") != "large-scale" and spec["dataset"] == "cifar10")
+    rows = {}
+    for row in SHORT_NAMES:
+        numbers = {}
+        for name, spec in tables:
+            for imbalance, number in zip(spec["imbalance"], spec["rows"].get(TABLES[name].label(row), [])):
+                numbers.setdefault(imbalance, number)
+        rows[row] = [numbers.get(imbalance) for imbalance in GRID_IMBALANCES]
+    return dict(dataset="cifar10", imbalance=list(GRID_IMBALANCES), rows=rows)
+
+
+def results_grid(runs, paper, imbalances=None):
+    """The grid's cells, one grid per protocol (``select`` groups the seeds of a row and imbalance): every row,
+    every imbalance, empty cells included."""
+    return select(grid_spec(paper), "table1", runs, set(), imbalances, True, False)
+
+
+def data_note(folders):
+    """Which images the runs under ``folders`` saw, as their data.txt says."""
+    notes = {(Path(folder) / DATA_NOTE).read_text().strip() for folder in folders
+             if (Path(folder) / DATA_NOTE).is_file()}
+    if len(notes) == 1:
+        return notes.pop()
+    return f"images not described (a {DATA_NOTE} beside the runs says which)" if not notes else "; ".join(sorted(notes))
+
+
+def grid_cell(figures):
+    """Ours (mean ± std, n) · the paper's number in italics; '–' for either where there is none."""
+    ours = "–" if not figures["n"] else f"{fmt(figures['final'])} (n={figures['n']})" + (
+        f" {PARTIAL}" if figures["partial"] else "")
+    return f"{ours} · " + ("–" if figures["paper"] is None else f"*{figures['paper']:.2f}*")
+
+
+def seeds_text(grid):
+    seeds = sorted({seed for _, cells in grid["rows"] for c in cells for seed in c.get("seeds", {})})
+    return f"seed{'s' * (len(seeds) != 1)} {', '.join(map(str, seeds))}" if seeds else "no seeds"
+
+
+def grid_markdown(grids, data, paper):
+    """The grid as a markdown table per protocol, each with a one-line legend under it."""
+    tables = " and ".join(spec["title"].split(":")[0] for name, spec in sorted(paper["tables"].items())
+                          if spec.get("kind") != "large-scale" and spec["dataset"] == "cifar10")
+    out = []
+    for grid in grids:
+        out += ["| method | " + " | ".join(grid["headers"]) + " |", "|---" * (len(grid["columns"]) + 1) + "|"]
+        out += [f"| {SHORT_NAMES[row]} | " + " | ".join(grid_cell(c) for c in cells) + " |"
+                for row, cells in grid["rows"]]
+        partial = f"; {PARTIAL}: evaluated on part of the test set" if PARTIAL in (grid["protocol"] or "") else ""
+        out += ["", f"Top-1 error (%) at the final epoch. Ours: mean ± sample std over {seeds_text(grid)} (n runs; "
+                f"one run: no std), {data}, {grid['protocol'] or '(no runs)'}. *In italics*: the paper's number "
+                f"({paper['source'].split(':')[0]}, {tables}: the authors' runs, on the original CIFAR-10). –: no "
+                f"committed run, or no number in the paper{partial}. ISDA w/o meta-learning is the paper's "
+                f"'MetaSAug w/o meta-learning'.", ""]
+    return out
+
+
+def imbalance_ratio(text):
+    """--imbalance as the report's columns name it (100), given as a ratio or a factor (0.01)."""
+    return round(1 / imbalance_factor(text))
+
+
+def print_grid(runs, paper, args):
+    try:
+        grids = results_grid(runs, paper, args.imbalance)
+    except ReportError as error:
+        print(f"report.py: error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(grid_markdown(grids, data_note(args.runs_dirs), paper)).rstrip("\n"))
+    return 0
+
+
 def main(argv=None):
     parser = OneLineParser(prog="report.py", description=__doc__.splitlines()[0])
-    parser.add_argument("runs_dir", help="folder searched recursively for result.json files")
+    parser.add_argument("runs_dirs", nargs="+", metavar="runs_dir",
+                        help="folders searched recursively for result.json files; a cell pools its runs across them")
     parser.add_argument("--table", nargs="+", choices=("table1", "table2", "table3", "table4", "table5", "table6",
                                                        STUDY, "all"), default=["all"],
                         help=f"one or more; '{STUDY}': the meta-step study (runs under a folder named {STUDY}/), not "
                         "in the paper; 'all': every table and the study")
-    parser.add_argument("--imbalance", type=int, nargs="+", default=None,
-                        help="show only these imbalance factors (e.g. 100)")
-    parser.add_argument("--format", choices=("markdown", "csv", "latex"), default="markdown")
+    parser.add_argument("--imbalance", type=imbalance_ratio, nargs="+", default=None,
+                        help="show only these imbalances, as ratios (100) or factors (0.01) alike")
+    parser.add_argument("--format", choices=("markdown", "csv", "latex", "grid"), default="markdown",
+                        help="grid: one markdown table of every CIFAR-10-LT row and imbalance, ours beside the paper's")
     parser.add_argument("--all", action="store_true", help="the paper's whole grid, 'missing' where no run is")
     args = parser.parse_args(argv)
-    if not Path(args.runs_dir).is_dir():
-        print(f"report.py: error: {args.runs_dir} is not a folder of runs", file=sys.stderr)
+    missing = next((folder for folder in args.runs_dirs if not Path(folder).is_dir()), None)
+    if missing is not None:
+        print(f"report.py: error: {missing} is not a folder of runs", file=sys.stderr)
+        return 2
+    if args.format == "grid" and (args.table != ["all"] or args.all):
+        print("report.py: error: --format grid has its own rows and shows them all; drop --table and --all",
+              file=sys.stderr)
         return 2
     paper = json.loads(PAPER.read_text())
-    runs = load_runs(args.runs_dir)
+    runs = load_runs(args.runs_dirs)
     study = [r for r in runs if "study" in r]
     runs = [r for r in runs if "study" not in r]
+    if args.format == "grid":
+        return print_grid(runs, paper, args)
     every = "all" in args.table
     names = sorted(paper["tables"]) if every else [name for name in args.table if name != STUDY]
     if args.imbalance:
@@ -434,7 +558,7 @@ def main(argv=None):
         out += study_markdown(study)
     comment = "% " if args.format == "latex" else ""
     extra = f" and {len(study)} run{'s' * (len(study) != 1)} of the meta-step study" if study else ""
-    print(f"{comment}{len(runs)} runs{extra} under {args.runs_dir}. Paper numbers: {paper['source']}.\n")
+    print(f"{comment}{len(runs)} runs{extra} under {', '.join(args.runs_dirs)}. Paper numbers: {paper['source']}.\n")
     print("\n".join(out) if out else f"{comment}No run belongs to the tables asked for (--all shows the empty grid).")
     return 0
 
