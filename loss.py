@@ -2,8 +2,8 @@
 long-tail losses that MetaSAug puts on top of them (the registry ``BASE_LOSSES``: cross-entropy,
 focal, LDAM and logit-adjusted cross-entropy), optionally re-weighted with class-balanced weights.
 
-Everything here follows the authors' released code (see the README's "Deviations" section for
-the few places that differ in form but not in value) and works in any float dtype on any device:
+Everything here follows the authors' released code (docs/faithfulness.md, "Deviations from the released
+code", lists the few places that differ in form but not in value) and works in any float dtype on any device:
 results take the dtype and device of the logits.
 """
 from dataclasses import dataclass

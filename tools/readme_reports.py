@@ -1,10 +1,13 @@
-"""Regenerate every tools/report.py block of README.md from the committed results (what tests/test_readme.py
-checks): each block is the output of the command in its opening comment.
+"""Regenerate every tools/report.py block of README.md and docs/*.md from the committed results (what
+tests/test_readme.py checks): each block is the output of the command in its opening comment.
 
     python tools/readme_reports.py [--check]
+
+Run it whenever a run lands in results/; --check exits 1, writing nothing, when a block is out of date.
 """
 import contextlib
 import io
+import os
 import re
 import sys
 from pathlib import Path
@@ -29,15 +32,27 @@ def regenerate(text):
     return BLOCK.sub(output, text)
 
 
+def pages():
+    """The pages that hold report blocks: the front page and every page of docs/."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    new = regenerate(text)
+    os.chdir(REPO)  # the blocks' commands name paths relative to the repository
+    stale = []
+    for page in pages():
+        text = page.read_text()
+        new = regenerate(text)
+        if new == text:
+            continue
+        stale.append(page)
+        if "--check" not in argv:
+            page.write_text(new)
     if "--check" in argv:
-        return int(new != text)
-    readme.write_text(new)
-    print(f"{len(BLOCK.findall(text))} report blocks of {readme} regenerated")
+        print("\n".join(f"out of date: {page.relative_to(REPO)}" for page in stale))
+        return int(bool(stale))
+    print(f"{len(stale)} of {len(pages())} pages regenerated")
     return 0
 
 
