@@ -184,7 +184,7 @@ def test_ctrl_c_stops_after_the_running_training_wrote_its_checkpoint(sweep, tmp
     (["--emit", "cluster"], r"--emit takes 'slurm DIR' or 'commands'"),
 ])
 def test_sweep_refuses_what_cannot_run(flags, pattern, tmp_path, capsys):
-    assert run_table.main(["table5", "--out_root", str(tmp_path / "runs"), *flags]) == 2
+    assert run_table.main(["table5", "--out_root", str(tmp_path / "runs"), "--data_root", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(pattern, err), err
     assert list(tmp_path.iterdir()) == []

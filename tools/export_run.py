@@ -47,6 +47,11 @@ GPU_NOTE = (" on a GPU (on a CPU it may differ by a few of the 10,000 test image
             "PyTorch's default, round differently)")
 
 
+def data_root(config):
+    """The --data_root the exported commands name: the training scripts' default folder of the run's dataset."""
+    return f"data/{config['dataset']}"
+
+
 def training_command(config, base_loss):
     """The script and every flag of ``config`` that differs from its default (paths left out)."""
     module = next(m for m in (MetaSAug_CE_train, MetaSAug_LDAM_train) if base_loss in m.LOSSES)  # the one offering it
@@ -123,8 +128,9 @@ def export_first_phase(run_dir, checkpoint, dest):
                                                                         f"{method}_{checkpoint['base_loss']}")},
                               checkpoint["base_loss"])
     last = checkpoint["history"][-1]
-    train = shlex.join(["python", *train, "--data_root", "data/cifar10"])
-    branch = shlex.join(["python", *branch, "--data_root", "data/cifar10", "--init_from", str(dest / "phase1.pth")])
+    data = data_root(config)
+    train = shlex.join(["python", *train, "--data_root", data])
+    branch = shlex.join(["python", *branch, "--data_root", data, "--init_from", str(dest / "phase1.pth")])
     (dest / "README.md").write_text(
         f"# {dest.name}\n\n"
         + (f"The first phase (plain cross-entropy, epochs 1-{checkpoint['epoch']}) that CE, ISDA w/o meta-learning "
@@ -158,10 +164,11 @@ def export(run_dir, checkpoint_path, dest, first_phase=None):
     copy_run_files(run_dir, dest)
     save_checkpoint({k: v.contiguous() for k, v in checkpoint["state_dict"].items()}, dest / "model.pth")
     save_checkpoint(checkpoint["criterion"], dest / "criterion.pth")
-    command = shlex.join(["python", *training_command(config, result["base_loss"]), "--data_root", "data/cifar10",
+    data = data_root(config)
+    command = shlex.join(["python", *training_command(config, result["base_loss"]), "--data_root", data,
                           *(["--init_from", init_from] if init_from else [])])
     evaluate = shlex.join(["python", "MetaSAug_test.py", "--checkpoint_path", str(dest / "model.pth"), "--dataset",
-                           config["dataset"], "--imb_factor", str(config["imb_factor"]), "--data_root", "data/cifar10"])
+                           config["dataset"], "--imb_factor", str(config["imb_factor"]), "--data_root", data])
     accuracy = 100 - result["final_top1_error"]
     (dest / "README.md").write_text(
         f"# {dest.name}\n\n"
@@ -180,7 +187,7 @@ def export(run_dir, checkpoint_path, dest, first_phase=None):
         f"```bash\n{evaluate}\n```\n\n"
         f"`criterion.pth` holds the loss module's final state (the estimator's class means and covariances); "
         f"this measures how far MetaSAug's meta step moves those covariances:\n\n"
-        f"```bash\n{shlex.join(['python', 'tools/meta_step_size.py', str(dest), '--data_root', 'data/cifar10'])}"
+        f"```bash\n{shlex.join(['python', 'tools/meta_step_size.py', str(dest), '--data_root', data])}"
         f"\n```\n")
     return dest
 
