@@ -14,9 +14,8 @@ SECOND_PHASE_COST = 4.5
 
 def measured_throughput(device_type, threads=None):
     """Images/s measured on this project's machines (throughput.json) for ``device_type``, or None:
-    {"plain", "metasaug", "evaluation", "machine"}. A CPU's figures depend on its thread count (one thread
-    runs an epoch 2.4x slower than two here), so they are taken at the count measured nearest to
-    ``threads`` (default: torch's) and scaled linearly to it."""
+    {"plain", "metasaug", "evaluation", "machine"}. A CPU's figures depend on its thread count, so they are
+    taken at the count measured nearest to ``threads`` (default: torch's) and scaled linearly to it."""
     entry = json.loads(THROUGHPUT.read_text()).get(device_type) if THROUGHPUT.is_file() else None
     if entry is None or "threads" not in entry:
         return entry
