@@ -118,6 +118,15 @@ def test_no_stale_wording(page):
     assert not [word for word in STALE if word in text], f"{page.name}: a page says what is committed"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_no_section_is_there_twice(page):
+    """A splice that pastes a page into itself leaves every heading twice (generated #### tables repeat)."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    headings = re.findall(r"^#{1,3} (.+)$", text, re.M)
+    twice = sorted({heading for heading in headings if headings.count(heading) > 1})
+    assert not twice, f"{page.name}: headings twice: {twice}"
+
+
 def test_every_report_block_is_the_report_of_the_committed_results(monkeypatch):
     from tools import readme_reports
     monkeypatch.chdir(REPO_ROOT)
