@@ -28,9 +28,12 @@ def github_anchor(heading):
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
+def outside_code_blocks(page):
+    return re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+
+
 def anchors(page):
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
-    return {github_anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+    return {github_anchor(h) for h in re.findall(r"^#+ (.+)$", outside_code_blocks(page), re.M)}
 
 
 def relative_links(page):
@@ -121,8 +124,7 @@ def test_no_stale_wording(page):
 @pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
 def test_no_section_is_there_twice(page):
     """A splice that pastes a page into itself leaves every heading twice (generated #### tables repeat)."""
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
-    headings = re.findall(r"^#{1,3} (.+)$", text, re.M)
+    headings = re.findall(r"^#{1,3} (.+)$", outside_code_blocks(page), re.M)
     twice = sorted({heading for heading in headings if headings.count(heading) > 1})
     assert not twice, f"{page.name}: headings twice: {twice}"
 
