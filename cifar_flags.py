@@ -236,7 +236,12 @@ def check_init_from(args, checkpoint):
 
 def parse_args(prog, description, losses, argv=None):
     """The flags, with the defaults of the --recipe they name."""
-    parser = build_parser(prog, description, losses)
+    return parse_with_recipe(build_parser(prog, description, losses), argv)
+
+
+def parse_with_recipe(parser, argv):
+    """``parser``'s parse of ``argv`` with the defaults of the --recipe it names: the one parse of the scripts
+    and of the sweeps that plan them, so a plan compares a checkpoint with the flags its run really has."""
     args = parser.parse_args(argv)
     if RECIPES[args.recipe].flags:
         parser.set_defaults(**RECIPES[args.recipe].flags)

@@ -16,6 +16,7 @@ import torch
 
 from conftest import (CE, REPO_ROOT, assert_ok, assert_tensors_equal, call_main, load, make_tree, run_together,
                       train_flags, untimed)
+import cifar_flags
 import timing
 from cli import git_commit
 from tools import report, run_table
@@ -136,6 +137,31 @@ def test_sweep_trains_once_then_skips_then_resumes_what_lost_its_result(sweep, t
         assert again["table5_cifar10_isda_imb0.5_seed1"][key] == first["table5_cifar10_isda_imb0.5_seed1"][key]
     assert (untimed(again["table5_cifar10_isda_imb0.5_seed1"]["history"])
             == untimed(first["table5_cifar10_isda_imb0.5_seed1"]["history"]))
+
+
+def test_a_run_of_another_recipe_resumes_with_its_recipes_flags(sweep, tmp_path, capfd):
+    """The plan parses a row's flags as its script does, --recipe cao2019's defaults included (no Nesterov,
+    weight decay 2e-4, Cao et al.'s subset), so an interrupted LDAM run resumes rather than clash with them."""
+    ldam = ["table1", "--rows", "ldam", *sweep[sweep.index("--imb"):]]
+    assert run_table.main(ldam) == 0
+    result = tmp_path / "runs" / "table1" / "table1_cifar10_ldam_imb0.5_seed1" / "result.json"
+    config = json.loads(result.read_text())["config"]
+    assert (config["recipe"], config["nesterov"], config["weight_decay"]) == ("cao2019", False, 2e-4)
+    result.unlink()
+    capfd.readouterr()
+    assert run_table.main(ldam) == 0
+    out = capfd.readouterr().out
+    assert "0 finished (skipped), 1 interrupted (resumed from their checkpoints), 0 to start" in out
+    assert result.is_file()
+
+
+def test_the_plan_parses_every_run_as_its_script_does():
+    args = run_table.parse_args(["table1", "--seeds", "1", "--imb", "0.01", "--device", "cpu"])
+    from tools import plan
+    jobs = plan.plan(args, throughput=None)
+    assert {job.args.recipe for job in jobs} == {"released", "cao2019"}
+    for job in jobs:
+        assert job.args == cifar_flags.parse_args(job.script, "", plan.LOSSES[job.script], job.flags), job.name
 
 
 def test_sweep_refuses_results_of_other_flags(sweep, tmp_path, capfd):

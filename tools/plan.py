@@ -98,7 +98,7 @@ def training_args(script, flags):
         raise PlanError(f"{script} refuses the training flags: {(message or '').strip()}")
 
     parser.exit = refuse
-    return parser.parse_args(flags)
+    return cifar_flags.parse_with_recipe(parser, flags)
 
 
 def first_phase_key(script, args):
