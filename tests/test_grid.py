@@ -73,6 +73,37 @@ def test_grid_keeps_protocols_apart_and_refuses_table_choices(tree, capsys):
     assert len(error.splitlines()) == 1 and "drop --table" in error
 
 
+def test_rows_of_another_recipe_share_the_grid_and_their_recipe_is_said(tree, capsys):
+    """The paper ran its LDAM rows with Cao et al.'s code: runs of --recipe cao2019 (batch 128 there by default)
+    are cells of the same grid as the released recipe's, and the legend names their rows and schedule."""
+    cao = dict(recipe="cao2019", batch_size=128, weight_decay=2e-4, nesterov=False, subset="cao2019")
+    write_run(tree, "plain", "ldam", 100, 1, 27.0, **cao)
+    write_run(tree, "drw", "ldam", 100, 1, 23.0, **cao)
+    write_run(tree, "drw", "ldam", 50, 1, 20.0, **dict(cao, batch_size=100))  # changed the recipe's batch
+    lines = grid_lines([str(tree), "--format", "grid"], capsys)
+    legends = [line for line in lines if line.startswith("Top-1 error")]
+    assert len(legends) == 2
+    main = next(legend for legend in legends if "batch_size" not in legend)
+    assert ("released schedule (200 epochs, second phase from 161, lr x0.01 at 160 and 180, batch 100, lam 0.25), "
+            "test images 10000; LDAM loss and LDAM-DRW: Cao et al.'s recipe (--recipe cao2019: ") in main
+    end = lines.index(main) - 1  # the grid's rows end with a blank line above its legend
+    cells = {line.split(" | ")[0][2:]: line[2:-2].split(" | ")[1:] for line in lines[end - len(ROWS):end]}
+    assert cells["LDAM"][1] == "27.00 (n=1) · *26.45*" and cells["LDAM-DRW"][1] == "23.00 (n=1) · *21.88*"
+    assert cells["CE"][1] == "32.00 ± 2.83 (n=2) · *29.86*"
+    other = next(legend for legend in legends if legend is not main)
+    assert "Cao et al.'s recipe (--recipe cao2019: " in other and "batch_size 100, test images 10000" in other
+    assert "released schedule" not in other  # no run of it there
+
+
+def test_each_recipe_s_schedule_is_the_one_it_trains():
+    from cifar_flags import RECIPES
+    assert set(report.RECIPE_PROTOCOLS) == set(RECIPES)
+    for name, recipe in RECIPES.items():
+        values, _ = report.RECIPE_PROTOCOLS[name]
+        assert values == {k: v for k, v in recipe.flags.items() if k in report.FULL_PROTOCOL and
+                          v != report.FULL_PROTOCOL[k]}, name
+
+
 def test_summary_figure_draws_the_grid_s_cells(tree, tmp_path, capsys):
     paper = json.loads(report.PAPER.read_text())
     (grid,) = report.results_grid(report.load_runs([tree]), paper)

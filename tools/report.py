@@ -33,20 +33,40 @@ sys.path.insert(0, str(REPO))
 from cli import OneLineParser, imbalance_factor  # noqa: E402
 from methods import METHODS, SHORT_NAMES, TABLES, large_scale_cells, row_name  # noqa: E402
 
-# The full released protocol (lam: the released commands' per dataset); a run's protocol is said as this plus
-# what it changes.
+# The full released protocol (lam: the released commands' per dataset); a run's protocol is said as its recipe's
+# schedule plus what it changes.
 FULL_PROTOCOL = dict(epochs=200, meta_start=160, lr_milestones=[160, 180], batch_size=100, max_train_batches=None)
 RELEASED_LAM = {"cifar10": 0.25, "cifar100": 0.75}
+# Each --recipe's values of FULL_PROTOCOL's keys (those of cifar_flags.RECIPES; tests/test_grid.py keeps them
+# equal) and its schedule in words.
+RECIPE_PROTOCOLS = {
+    "released": ({}, "released schedule (200 epochs, second phase from 161, lr x0.01 at 160 and 180, batch 100, "
+                     "lam {lam})"),
+    "cao2019": (dict(batch_size=128), "Cao et al.'s recipe (--recipe cao2019: 200 epochs, lr x0.01 at 160 and "
+                                      "180, batch 128, weight decay 2e-4, no Nesterov, 5-epoch warm-up, normalised "
+                                      "classifier with s 30, their long-tail subset; LDAM-DRW re-weights from 161)"),
+}
 
 
 def protocol_of(config, tested, whole):
-    """The released schedule, then every key of FULL_PROTOCOL the run changed, and the test images."""
-    full = dict(FULL_PROTOCOL, lam=RELEASED_LAM[config["dataset"]])
+    """What a run changed of its recipe's schedule (every key of FULL_PROTOCOL), and the test images: runs of
+    equal protocols share a table, whichever recipe each row follows (protocol_text says it in full)."""
+    recipe_values, _ = RECIPE_PROTOCOLS[config.get("recipe", "released")]
+    full = dict(FULL_PROTOCOL, lam=RELEASED_LAM[config["dataset"]], **recipe_values)
     changed = [f"{k} {config.get(k, default)}" for k, default in full.items() if config.get(k, default) != default]
-    text = (f"released schedule (200 epochs, second phase from 161, lr x0.01 at 160 and 180, batch 100, lam "
-            f"{full['lam']})")
-    return (text + "".join(f", {c}" for c in changed) + f", test images {tested}"
-            + ("" if tested == whole else f" of {whole} {PARTIAL}"))
+    return ", ".join(changed + [f"test images {tested}" + ("" if tested == whole else f" of {whole} {PARTIAL}")])
+
+
+def protocol_text(protocol, recipes, dataset):
+    """A table's protocol in full: its lead recipe's schedule (the released one where any row follows it), then
+    ``protocol`` (what its runs changed, their test images), then each other recipe (``recipes``: recipe -> the
+    rows of runs that follow it) with its rows and schedule."""
+    lead = "released" if "released" in recipes or not recipes else min(recipes)
+    text = f"{RECIPE_PROTOCOLS[lead][1].format(lam=RELEASED_LAM[dataset])}, {protocol}"
+    return text + "".join(f"; {' and '.join(rows)}: {RECIPE_PROTOCOLS[recipe][1]}"
+                          for recipe, rows in sorted(recipes.items()) if recipe != lead)
+
+
 CIFAR_TEST_IMAGES = 10000
 PARTIAL = "†"
 
@@ -78,8 +98,8 @@ def load_runs(folders):
         config = result["config"]
         tested, whole = test_images(result)
         protocol = protocol_of(config, tested, whole)
-        runs.append(dict(row=row_name(config.get("method", "metasaug"), result["base_loss"],
-                                      config.get("recipe", "released")),
+        recipe = config.get("recipe", "released")
+        runs.append(dict(row=row_name(config.get("method", "metasaug"), result["base_loss"], recipe), recipe=recipe,
                          dataset=config["dataset"], imbalance=round(1 / config["imb_factor"]), protocol=protocol,
                          partial=tested != whole, seed=result["seed"], final=result["final_top1_error"],
                          best=result["best_top1_error"], shots=result["shot_accuracy"],
@@ -282,7 +302,10 @@ def select(spec, table_name, runs, other_rows, imbalances, show_all, extras):
         if imbalances:
             columns = [c for c in columns if c in imbalances]
         papers = {row: dict(zip(spec["imbalance"], spec["rows"].get(row, []))) for row in rows}
-        grids.append(dict(protocol=protocol, columns=columns, headers=[f"imbalance {c}" for c in columns], rows=[
+        recipes = {recipe: [row for row in rows if any(r["row"] == row and r["recipe"] == recipe for r in chosen)]
+                   for recipe in {r["recipe"] for r in chosen}}
+        text = None if protocol is None else protocol_text(protocol, recipes, spec["dataset"])
+        grids.append(dict(protocol=text, columns=columns, headers=[f"imbalance {c}" for c in columns], rows=[
             (row, [cell(groups.get((row, c), []), papers[row].get(c)) for c in columns]) for row in rows]))
     return grids
 
