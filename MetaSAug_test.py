@@ -8,6 +8,7 @@ import sys
 import torch
 
 from checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state_from
+from cifar_flags import RECIPES
 from cli import (HelpFormatter, OneLineParser, UsageError, add_device_flag, resolve_device, settle_from_config,
                  str2bool)
 from data_utils import CIFAR_NUM_CLASSES, DataError, check_imb_factor, get_img_num_per_cls, load_split, normalize
@@ -34,6 +35,10 @@ def build_parser():
     p.add_argument("--gpu", type=int, default=0, help="CUDA device index")
     p.add_argument("--test-batch-size", dest="test_batch_size", type=int, default=100)
     p.add_argument("--workers", type=int, default=4, help="threads decoding image files")
+    p.add_argument("--recipe", default=None, choices=tuple(RECIPES),
+                   help="the training recipe, which sets the classifier and the normalisation (cao2019: Cao et "
+                        "al.'s cosine classifier and mean/std); default: the checkpoint's (released for the "
+                        "authors' checkpoints)")
     p.add_argument("--channels_last", type=str2bool, default=None,
                    help="memory format of the evaluation; default: the checkpoint's (true, as training, for a "
                         "released checkpoint), so that the predictions are the training run's own")
@@ -42,7 +47,8 @@ def build_parser():
 
 # Flags a checkpoint of this repository records in its config; for one without (the authors'), these
 # defaults, the training scripts' own, apply where the flag is not given.
-RECORDED = {"dataset": "cifar100", "imb_factor": 0.005, "num_meta": 10, "num_classes": None, "channels_last": True}
+RECORDED = {"dataset": "cifar100", "imb_factor": 0.005, "num_meta": 10, "num_classes": None, "channels_last": True,
+            "recipe": "released"}
 
 
 def load_model(args):
@@ -53,14 +59,32 @@ def load_model(args):
     settle_from_config(args, checkpoint, RECORDED)
     check_imb_factor(args.imb_factor)
     num_classes = args.num_classes or CIFAR_NUM_CLASSES[args.dataset]
-    model = ResNet32(num_classes)
-    load_model_state(model, model_state_from(checkpoint))
+    recipe = RECIPES[args.recipe]
+    model = ResNet32(num_classes, normed=recipe.normed_classifier)
+    load_model_state_of_recipe(model, model_state_from(checkpoint), num_classes, args)
     if isinstance(checkpoint, dict) and "cls_num_list" in checkpoint:
         cls_num_list = checkpoint["cls_num_list"]
-    else:
-        cls_num_list = get_img_num_per_cls(args.dataset, args.imb_factor, args.num_meta * num_classes)
+    else:  # Cao et al.'s subset cuts the long tail from every training image, the released one after the meta set
+        removed = 0 if recipe.flags.get("subset") == "cao2019" else args.num_meta * num_classes
+        cls_num_list = get_img_num_per_cls(args.dataset, args.imb_factor, removed)
     model.to(resolve_device(args.device, args.gpu), memory_format=memory_format(args))
     return model, num_classes, cls_num_list
+
+
+def load_model_state_of_recipe(model, state, num_classes, args):
+    """Load ``state``; where it does not fit but fits the other recipe's classifier (a plain model.pth does not
+    say its recipe), the error names the --recipe to pass."""
+    try:
+        load_model_state(model, state)
+    except CheckpointError as error:
+        normed = not RECIPES[args.recipe].normed_classifier
+        try:
+            load_model_state(ResNet32(num_classes, normed=normed), state)
+        except CheckpointError:
+            raise error from None
+        other = next(name for name, recipe in RECIPES.items() if recipe.normed_classifier == normed)
+        raise CheckpointError(f"{args.checkpoint_path} holds the {'cosine' if normed else 'linear'} classifier of "
+                              f"--recipe {other}, not --recipe {args.recipe}'s: pass --recipe {other}") from None
 
 
 def memory_format(args):
@@ -69,11 +93,14 @@ def memory_format(args):
 
 def predict_images(model, images, args):
     """The predicted class of each uint8 image, in batches of --test-batch-size in the given order, normalised as
-    the released test transform: what this script scores (tests/test_results.py scores committed weights so,
-    decoding the test set once for all of them)."""
+    the test transform of the run's recipe: what this script scores (tests/test_results.py scores committed
+    weights so, decoding the test set once for all of them)."""
     device = next(model.parameters()).device
-    return predict(model, images.to(device), args.test_batch_size,
-                   lambda batch: normalize(batch).contiguous(memory_format=memory_format(args)))
+    recipe = RECIPES[args.recipe]
+
+    def prepare(batch):
+        return normalize(batch, recipe.mean, recipe.std).contiguous(memory_format=memory_format(args))
+    return predict(model, images.to(device), args.test_batch_size, prepare)
 
 
 def evaluate(args):

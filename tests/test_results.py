@@ -60,6 +60,29 @@ def test_exported_weights_evaluate_to_the_run_s_accuracy(tiny_run, tree4, tmp_pa
     assert export_run.main([str(out), str(checkpoint), str(dest)]) == 2
 
 
+def test_weights_of_cao_et_al_s_recipe_evaluate_to_the_run_s_accuracy(tree4, tmp_path, capsys):
+    """--recipe cao2019 (the LDAM rows) trains a cosine classifier on Cao et al.'s normalisation: the evaluation
+    rebuilds both from the checkpoint's config."""
+    flags = [str(f) for f in train_flags(tree4, tmp_path, epochs=2)] + ["--recipe", "cao2019", "--method", "plain"]
+    assert trainer.main(LDAM, "d", ("ldam",), flags) == 0
+    dest = export_run.export(tmp_path / "out", tmp_path / "ckpt" / "tiny_ckpt.pth.tar", tmp_path / "exported")
+    result = json.loads((dest / "result.json").read_text())
+    command = next(line for line in (dest / "README.md").read_text().splitlines()
+                   if line.startswith("python MetaSAug_test.py"))
+    assert command.endswith(" --recipe cao2019")  # model.pth is a plain state_dict: the command says the recipe
+    weights = ["--data_root", tree4, "--num_classes", 4, "--imb_factor", 0.1, "--num_meta", 2, "--device", "cpu",
+               "--test-batch-size", 16]
+    accuracy = printed_accuracy(["--checkpoint_path", dest / "model.pth", *weights, "--recipe", "cao2019"], capsys)
+    assert f"{accuracy:.2f}" == f"{100 - result['final_top1_error']:.2f}"
+    checkpoint = ["--checkpoint_path", tmp_path / "ckpt" / "tiny_ckpt.pth.tar", *weights]  # its config says it
+    assert printed_accuracy(checkpoint, capsys) == accuracy
+    assert MetaSAug_test.main([str(a) for a in checkpoint + ["--recipe", "released"]]) == 2
+    assert "--recipe released contradicts the checkpoint" in capsys.readouterr().err
+    assert MetaSAug_test.main([str(a) for a in ["--checkpoint_path", dest / "model.pth", *weights]]) == 2
+    assert "holds the cosine classifier of --recipe cao2019, not --recipe released's: pass --recipe cao2019" in (
+        capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("base_loss, words", [("ce", [CE]), ("focal", [CE, "--loss", "focal"]),
                                                ("la", [CE, "--loss", "la"]), ("ldam", [LDAM])])
 def test_the_exported_command_runs_the_script_that_offers_the_base_loss(base_loss, words):
@@ -162,7 +185,8 @@ def committed_accuracy(weights, images, labels):
     result = json.loads((weights.parent / "result.json").read_text())
     config = result["config"]
     args = MetaSAug_test.build_parser().parse_args(["--checkpoint_path", str(weights), "--dataset", config["dataset"],
-                                                    "--imb_factor", str(config["imb_factor"]), "--device", "cpu"])
+                                                    "--imb_factor", str(config["imb_factor"]), "--device", "cpu",
+                                                    *export_run.recipe_flag(config)])
     model, _, _ = MetaSAug_test.load_model(args)
     return top1_accuracy(MetaSAug_test.predict_images(model, images, args), labels), result
 

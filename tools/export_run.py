@@ -52,6 +52,13 @@ def data_root(config):
     return f"data/{config['dataset']}"
 
 
+def recipe_flag(config):
+    """What MetaSAug_test.py needs to be told of a plain model.pth: its recipe (classifier, normalisation), where
+    not the released one."""
+    recipe = config.get("recipe", "released")
+    return [] if recipe == "released" else ["--recipe", recipe]
+
+
 def training_command(config, base_loss):
     """The script and every flag of ``config`` that differs from its default (paths left out)."""
     module = next(m for m in (MetaSAug_CE_train, MetaSAug_LDAM_train) if base_loss in m.LOSSES)  # the one offering it
@@ -168,7 +175,8 @@ def export(run_dir, checkpoint_path, dest, first_phase=None):
     command = shlex.join(["python", *training_command(config, result["base_loss"]), "--data_root", data,
                           *(["--init_from", init_from] if init_from else [])])
     evaluate = shlex.join(["python", "MetaSAug_test.py", "--checkpoint_path", str(dest / "model.pth"), "--dataset",
-                           config["dataset"], "--imb_factor", str(config["imb_factor"]), "--data_root", data])
+                           config["dataset"], "--imb_factor", str(config["imb_factor"]), "--data_root", data,
+                           *recipe_flag(config)])
     accuracy = 100 - result["final_top1_error"]
     (dest / "README.md").write_text(
         f"# {dest.name}\n\n"
