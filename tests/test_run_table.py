@@ -305,40 +305,58 @@ def test_two_jobs_at_once_on_the_cpu(sweep, tmp_path, capfd):
 SLURM_TOOLS = ("sbatch", "squeue", "scontrol", "slurmctld", "slurmd", "munged")
 
 
-@pytest.mark.skipif(any(shutil.which(t) is None for t in SLURM_TOOLS),
-                    reason="SLURM is not installed (Debian: apt-get install slurm-wlm munge)")
-def test_emitted_slurm_arrays_run_on_a_local_cluster_and_a_failed_first_phase_stops_only_its_branches(sweep, tmp_path):
+@pytest.fixture
+def local_slurm(tmp_path):
+    """A one-node SLURM cluster on this machine (tools/local_slurm.sh) for the test: the environment that reaches
+    it."""
+    if any(shutil.which(t) is None for t in SLURM_TOOLS):
+        pytest.skip("SLURM is not installed (Debian: apt-get install slurm-wlm munge)")
     cluster = tmp_path / "cluster"
     started = subprocess.run(["bash", str(REPO_ROOT / "tools" / "local_slurm.sh"), "start", str(cluster)],
                              capture_output=True, text=True, timeout=120)
     if started.returncode != 0:
         pytest.skip(f"could not start a local SLURM cluster: {started.stderr.strip()[-300:]}")
-    env = {**os.environ, "SLURM_CONF": str(cluster / "slurm.conf")}
+    try:
+        yield {**os.environ, "SLURM_CONF": str(cluster / "slurm.conf")}
+    finally:
+        subprocess.run(["bash", str(REPO_ROOT / "tools" / "local_slurm.sh"), "stop", str(cluster)], timeout=60)
+
+
+def wait_for_empty_queue(env, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip()
+        if not queue:
+            return
+        time.sleep(3)
+    pytest.fail(f"still queued after {seconds} s (a task pending forever?):\n{queue}")
+
+
+def emit_and_submit(argv, folder, env):
+    """Emit the sweep ``argv`` for SLURM into ``folder`` and submit it; submit.sh's output."""
+    emit = argv + ["--emit", "slurm", str(folder), "--cpus_per_task", "1", "--time", "00:20:00",
+                   "--python", sys.executable]  # this test's interpreter, not the nodes' "python"
+    assert subprocess.run([sys.executable, "tools/run_table.py", *emit], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120).returncode == 0
+    submitted = subprocess.run(["bash", str(folder / "submit.sh")], env=env, capture_output=True, text=True,
+                               timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    return submitted.stdout
+
+
+def test_emitted_slurm_arrays_run_on_a_local_cluster_and_a_failed_first_phase_stops_only_its_branches(
+        sweep, tmp_path, local_slurm):
+    env = local_slurm
     two_seeds = sweep[:sweep.index("--seeds") + 1] + ["1", "2"] + sweep[sweep.index("--seeds") + 2:]
     # Seed 2's first phase fails when it writes its first checkpoint: a folder stands where the file goes.
     checkpoints = tmp_path / "runs" / "table5" / "checkpoints"
     (checkpoints / "table5_cifar10_isda_first_phase_imb0.5_seed2_ckpt.pth.tar").mkdir(parents=True)
-    try:
-        folder = tmp_path / "slurm"
-        emit = two_seeds + ["--emit", "slurm", str(folder), "--cpus_per_task", "1", "--time", "00:20:00",
-                            "--python", sys.executable]  # this test's interpreter, not the nodes' "python"
-        assert subprocess.run([sys.executable, "tools/run_table.py", *emit], env=env, cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=120).returncode == 0
-        submitted = subprocess.run(["bash", str(folder / "submit.sh")], env=env, capture_output=True, text=True,
-                                   timeout=60)
-        assert submitted.returncode == 0, submitted.stderr
-        deadline = time.time() + 900
-        while time.time() < deadline:
-            queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip()
-            if not queue:
-                break
-            time.sleep(3)
-        assert not queue, f"still queued after 15 min (a branch pending forever?):\n{queue}"
-        groups = dict(re.findall(r"branches of \S+seed(\d) .*: job (\d+)", submitted.stdout))
-        cancelled = subprocess.run(["scontrol", "show", "job", groups["2"]], env=env, capture_output=True,
-                                   text=True).stdout
-    finally:
-        subprocess.run(["bash", str(REPO_ROOT / "tools" / "local_slurm.sh"), "stop", str(cluster)], timeout=60)
+    folder = tmp_path / "slurm"
+    submitted = emit_and_submit(two_seeds, folder, env)
+    wait_for_empty_queue(env, 900)
+    groups = dict(re.findall(r"branches of \S+seed(\d) .*: job (\d+)", submitted))
+    cancelled = subprocess.run(["scontrol", "show", "job", groups["2"]], env=env, capture_output=True,
+                               text=True).stdout
     logs = {p.name: p.read_text() for p in (folder / "logs").iterdir()}
     assert sorted(results(tmp_path)) == ["table5_cifar10_isda_imb0.5_seed1",
                                          "table5_cifar10_metasaug_ce_imb0.5_seed1"], logs
@@ -349,6 +367,37 @@ def test_emitted_slurm_arrays_run_on_a_local_cluster_and_a_failed_first_phase_st
         assert "branching at epoch 3 from the first phase" in text and "seed1" in text
     assert "JobState=CANCELLED" in cancelled and "Reason=DependencyNeverSatisfied" in cancelled, cancelled
     assert f"job {groups['2']}" in logs["submitted.txt"]  # which job is which, for the user reading squeue
+
+
+def test_a_slurm_task_signalled_before_its_time_limit_checkpoints_requeues_itself_and_resumes(
+        sweep, tmp_path, local_slurm):
+    """What SLURM does --signal_seconds before the time limit (SIGTERM to the batch script), sent by hand: the
+    training checkpoints, the task requeues itself, and its second start resumes; one log holds both."""
+    env = local_slurm
+    longer = ["table1", "--rows", "cb_ce", *sweep[sweep.index("--imb"):sweep.index("--num_meta")], "--num_meta", "2",
+              "--batch-size", "8", "--test-batch-size", "16", "--epochs", "40", "--meta_start", "30",
+              "--lr_milestones", "30", "--workers", "1", "--print-freq", "1"]
+    folder = tmp_path / "slurm"
+    job = re.search(r"scratch: job (\d+)", emit_and_submit(longer, folder, env)).group(1)
+    log = folder / "logs" / f"scratch_{job}_0.out"
+    deadline = time.time() + 300
+    while not (log.is_file() and "Epoch 2/40" in log.read_text()):
+        assert time.time() < deadline, "the task did not reach epoch 2 within 5 min"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=TERM", "--batch", f"{job}_0"], env=env, check=True, timeout=30)
+    while "Restarts=1" not in (shown := subprocess.run(["scontrol", "show", "job", f"{job}_0"], env=env,
+                                                       capture_output=True, text=True).stdout):
+        assert time.time() < deadline, f"the task did not requeue itself:\n{shown}"
+        time.sleep(1)
+    # SLURM holds a requeued job back for about two minutes; the test does not wait for that.
+    subprocess.run(["scontrol", "update", f"JobId={job}_0", "StartTime=now"], env=env, check=True, timeout=30)
+    wait_for_empty_queue(env, 300)
+    text = log.read_text()
+    assert "interrupted by signal 15 in epoch" in text and "(scratch, resumed)" in text, text[-2000:]
+    assert text.index("interrupted by signal 15") < text.index("resumed at epoch")
+    result = json.loads((tmp_path / "runs" / "table1" / "table1_cifar10_cb_ce_imb0.5_seed1" / "result.json")
+                        .read_text())
+    assert result["final_epoch"] == 40
 
 
 # ---------------------------------------------------------------------------------------------

@@ -365,7 +365,8 @@ def _sbatch(name, count, folder, resources):
     lines = ["#!/usr/bin/env bash", f"#SBATCH --job-name=metasaug-{name}", f"#SBATCH --array=0-{count - 1}",
              f"#SBATCH --output={folder / 'logs'}/{name}_%A_%a.out",
              f"#SBATCH --cpus-per-task={resources['cpus_per_task']}", f"#SBATCH --time={resources['time']}",
-             "#SBATCH --requeue", f"#SBATCH --signal=B:TERM@{resources['signal_seconds']}"]
+             "#SBATCH --requeue", "#SBATCH --open-mode=append",  # a requeued task's log goes on
+             f"#SBATCH --signal=B:TERM@{resources['signal_seconds']}"]
     if workdir:
         lines.append(f"#SBATCH --chdir={workdir}")
     if resources["gpus_per_task"]:
