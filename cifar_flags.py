@@ -52,6 +52,7 @@ def first_phase_loss(method, base, beta, max_m, gamma):
 class Recipe:
     """A training recipe: the flag defaults it sets (a flag given on the command line still wins) and
     what it fixes beyond flags."""
+    schedule: str                     # in words, as a results table states it ({lam}: the dataset's default)
     flags: dict = field(default_factory=dict)
     normed_classifier: bool = False   # resnet.NormedLinear instead of a linear layer
     logit_scale: float = 1.0          # logits x s before the softmax (loss.classification_loss)
@@ -64,12 +65,16 @@ class Recipe:
 
 RECIPES = {
     # MetaSAug's released scripts: every flag default of this file.
-    "released": Recipe(),
+    "released": Recipe("released schedule (200 epochs, second phase from 161, lr x0.01 at 160 and 180, batch 100, "
+                       "lam {lam})"),
     # Cao et al. (2019), LDAM-DRW's released cifar_train.py and models/resnet_cifar.py, which the paper
     # ran for its LDAM and LDAM-DRW rows: batch 128, weight decay 2e-4, no Nesterov, a 5-epoch linear
     # warm-up, lr x0.01 at 0-based epochs 160 and 180, a normalised last layer with s = 30, zero-padded
     # crops, their normalisation and long-tail subset, DRW (beta 0.9999) from epoch 160.
-    "cao2019": Recipe(flags=dict(batch_size=128, weight_decay=2e-4, nesterov=False, lr_milestones=[160, 180],
+    "cao2019": Recipe("Cao et al.'s recipe (--recipe cao2019: 200 epochs, lr x0.01 at 160 and 180, batch 128, "
+                      "weight decay 2e-4, no Nesterov, 5-epoch warm-up, normalised classifier with s 30, their "
+                      "long-tail subset; LDAM-DRW re-weights from 161)",
+                      flags=dict(batch_size=128, weight_decay=2e-4, nesterov=False, lr_milestones=[160, 180],
                                  meta_start=160, beta=0.9999, max_m=0.5, subset="cao2019"),
                       normed_classifier=True, logit_scale=30.0, warmup_epochs=5, lr_from_next_epoch=False,
                       pad_mode="constant", mean=CAO2019_MEAN, std=CAO2019_STD),

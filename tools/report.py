@@ -30,29 +30,22 @@ PAPER = Path(__file__).with_name("paper_results.json")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cifar_flags import RECIPES  # noqa: E402
 from cli import OneLineParser, imbalance_factor  # noqa: E402
 from methods import METHODS, SHORT_NAMES, TABLES, large_scale_cells, row_name  # noqa: E402
 
-# The full released protocol (lam: the released commands' per dataset); a run's protocol is said as its recipe's
-# schedule plus what it changes.
+# The keys of a run's schedule that set it apart, as the released scripts set them (lam: the released commands'
+# per dataset); a run's protocol is said as its recipe's schedule plus what it changes of them.
 FULL_PROTOCOL = dict(epochs=200, meta_start=160, lr_milestones=[160, 180], batch_size=100, max_train_batches=None)
 RELEASED_LAM = {"cifar10": 0.25, "cifar100": 0.75}
-# Each --recipe's values of FULL_PROTOCOL's keys (those of cifar_flags.RECIPES; tests/test_grid.py keeps them
-# equal) and its schedule in words.
-RECIPE_PROTOCOLS = {
-    "released": ({}, "released schedule (200 epochs, second phase from 161, lr x0.01 at 160 and 180, batch 100, "
-                     "lam {lam})"),
-    "cao2019": (dict(batch_size=128), "Cao et al.'s recipe (--recipe cao2019: 200 epochs, lr x0.01 at 160 and "
-                                      "180, batch 128, weight decay 2e-4, no Nesterov, 5-epoch warm-up, normalised "
-                                      "classifier with s 30, their long-tail subset; LDAM-DRW re-weights from 161)"),
-}
 
 
 def protocol_of(config, tested, whole):
     """What a run changed of its recipe's schedule (every key of FULL_PROTOCOL), and the test images: runs of
     equal protocols share a table, whichever recipe each row follows (protocol_text says it in full)."""
-    recipe_values, _ = RECIPE_PROTOCOLS[config.get("recipe", "released")]
-    full = dict(FULL_PROTOCOL, lam=RELEASED_LAM[config["dataset"]], **recipe_values)
+    recipe = RECIPES[config.get("recipe", "released")]
+    full = dict(FULL_PROTOCOL, lam=RELEASED_LAM[config["dataset"]],
+                **{k: v for k, v in recipe.flags.items() if k in FULL_PROTOCOL})
     changed = [f"{k} {config.get(k, default)}" for k, default in full.items() if config.get(k, default) != default]
     return ", ".join(changed + [f"test images {tested}" + ("" if tested == whole else f" of {whole} {PARTIAL}")])
 
@@ -62,8 +55,8 @@ def protocol_text(protocol, recipes, dataset):
     ``protocol`` (what its runs changed, their test images), then each other recipe (``recipes``: recipe -> the
     rows of runs that follow it) with its rows and schedule."""
     lead = "released" if "released" in recipes or not recipes else min(recipes)
-    text = f"{RECIPE_PROTOCOLS[lead][1].format(lam=RELEASED_LAM[dataset])}, {protocol}"
-    return text + "".join(f"; {' and '.join(rows)}: {RECIPE_PROTOCOLS[recipe][1]}"
+    text = f"{RECIPES[lead].schedule.format(lam=RELEASED_LAM[dataset])}, {protocol}"
+    return text + "".join(f"; {' and '.join(rows)}: {RECIPES[recipe].schedule}"
                           for recipe, rows in sorted(recipes.items()) if recipe != lead)
 
 
