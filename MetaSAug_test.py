@@ -11,7 +11,7 @@ from checkpoint import CheckpointError, load_checkpoint, load_model_state, model
 from cifar_flags import RECIPES
 from cli import (HelpFormatter, OneLineParser, UsageError, add_device_flag, resolve_device, settle_from_config,
                  str2bool)
-from data_utils import CIFAR_NUM_CLASSES, DataError, check_imb_factor, get_img_num_per_cls, load_split, normalize
+from data_utils import CIFAR_NUM_CLASSES, DataError, check_imb_factor, cifar_class_counts, load_split, normalize
 from metrics import per_class_accuracy, predict, shot_accuracy, top1_accuracy
 from resnet import ResNet32
 
@@ -64,9 +64,9 @@ def load_model(args):
     load_model_state_of_recipe(model, model_state_from(checkpoint), num_classes, args)
     if isinstance(checkpoint, dict) and "cls_num_list" in checkpoint:
         cls_num_list = checkpoint["cls_num_list"]
-    else:  # Cao et al.'s subset cuts the long tail from every training image, the released one after the meta set
-        removed = 0 if recipe.flags.get("subset") == "cao2019" else args.num_meta * num_classes
-        cls_num_list = get_img_num_per_cls(args.dataset, args.imb_factor, removed)
+    else:
+        cls_num_list = cifar_class_counts(args.dataset, args.imb_factor, args.num_meta,
+                                          recipe.flags.get("subset", "released"))
     model.to(resolve_device(args.device, args.gpu), memory_format=memory_format(args))
     return model, num_classes, cls_num_list
 

@@ -80,6 +80,15 @@ def get_img_num_per_cls(dataset, imb_factor=None, num_meta=None, profile='exp'):
     return long_tail_counts(img_max, num_classes, imb_factor, profile)
 
 
+
+def cifar_class_counts(dataset, imb_factor, num_meta, subset='released', profile='exp'):
+    """build_dataset's long-tail class counts on CIFAR, without its images: the released subset cuts the tail
+    after taking ``num_meta`` meta images per class, Cao et al.'s from every training image."""
+    if subset not in SUBSETS:
+        raise DataError(f'unknown long-tail subset {subset!r}; use one of {", ".join(SUBSETS)}')
+    removed = num_meta * CIFAR_NUM_CLASSES.get(dataset, 0) if subset == 'released' else 0
+    return get_img_num_per_cls(dataset, imb_factor, removed, profile)
+
 # ---------------------------------------------------------------------------------------------
 # Loading one split
 # ---------------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from data_utils import (CAO2019_MEAN, CAO2019_STD, CIFAR_MEAN, CIFAR_STD, DataError, LongTailData, apply_augment,
-                        augment, batch_generator, build_dataset, cao2019_long_tail_indices, draw_augment_params,
-                        epoch_batches, get_img_num_per_cls, index_fingerprint, load_split, long_tail_counts,
-                        long_tail_indices, meta_split_indices, normalize, sample_meta_batch)
+                        augment, batch_generator, build_dataset, cao2019_long_tail_indices, cifar_class_counts,
+                        draw_augment_params, epoch_batches, get_img_num_per_cls, index_fingerprint, load_split,
+                        long_tail_counts, long_tail_indices, meta_split_indices, normalize, sample_meta_batch)
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / 'shared' / 'reference' / 'golden' / 'released_metasaug_cifar.pt'
 
@@ -115,6 +115,15 @@ def test_released_counts_examples():
     assert get_img_num_per_cls('cifar10', 0.01, 100) == [4990, 2991, 1793, 1075, 644, 386, 231, 138, 83, 49]
     assert get_img_num_per_cls('cifar100', 0.01, 1000)[:4] == [490, 467, 446, 426]
     assert get_img_num_per_cls('cifar10') == [5000] * 10
+
+
+
+def test_cifar_class_counts_of_each_subset():
+    assert cifar_class_counts('cifar10', 0.01, 10) == get_img_num_per_cls('cifar10', 0.01, 100)
+    # build_dataset's on the real CIFAR-10 (as the LDAM run at imbalance 100 logged them): no meta images taken out
+    assert cifar_class_counts('cifar10', 0.01, 10, 'cao2019') == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    with pytest.raises(DataError, match="unknown long-tail subset 'lt'; use one of released, cao2019"):
+        cifar_class_counts('cifar10', 0.01, 10, 'lt')
 
 
 @pytest.mark.skipif(not GOLDEN.exists(), reason=f'golden file {GOLDEN} absent')

@@ -20,7 +20,7 @@ import cifar_flags  # noqa: E402
 import timing  # noqa: E402
 from checkpoint import CheckpointError, load_checkpoint  # noqa: E402
 from cli import check_resume, duration, flag_clashes  # noqa: E402
-from data_utils import CIFAR_NUM_CLASSES, get_img_num_per_cls  # noqa: E402
+from data_utils import CIFAR_NUM_CLASSES, cifar_class_counts  # noqa: E402
 from methods import CE_SCRIPT, LDAM_SCRIPT, METHODS, ROWS, TABLES  # noqa: E402
 from tools import sweep  # noqa: E402
 
@@ -112,8 +112,7 @@ def first_phase_key(script, args):
 
 def seconds_for(args, first_epoch, end_epoch, throughput):
     """Training and evaluation time of 0-based epochs [first_epoch, end_epoch) at the measured images/s."""
-    classes = CIFAR_NUM_CLASSES[args.dataset]
-    images = sum(get_img_num_per_cls(args.dataset, args.imb_factor, args.num_meta * classes))
+    images = sum(cifar_class_counts(args.dataset, args.imb_factor, args.num_meta, args.subset))
     if args.max_train_batches:
         images = min(images, args.max_train_batches * args.batch_size)
     test_images = 10000 if not args.max_test_batches else min(10000, args.max_test_batches * args.test_batch_size)
