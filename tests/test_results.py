@@ -106,6 +106,7 @@ def test_an_exported_first_phase_branches_like_the_run_from_scratch(tree4, tmp_p
     assert set(phase1) == set(export_run.FIRST_PHASE_KEYS)  # no loss module, nothing twice
     readme = (first_phase / "README.md").read_text()
     assert "--first_phase_only" in readme and f"--init_from {first_phase / 'phase1.pth'}" in readme
+    assert "--save_name cifar100_metasaug_ce_imb0.1_seed42 " in readme  # a row that branches from it (the default)
     (branch,) = run_together([(CE, flags("branch", "--init_from", first_phase / "phase1.pth"))], tmp_path)
     assert_ok(branch)
     a, b = (load(tmp_path / "ckpt" / f"{name}_ckpt.pth.tar") for name in ("scratch", "branch"))
@@ -123,6 +124,18 @@ def test_an_exported_first_phase_branches_like_the_run_from_scratch(tree4, tmp_p
     assert export_run.main([str(tmp_path / "out" / "scratch"), str(tmp_path / "ckpt" / "scratch_ckpt.pth.tar"),
                             str(tmp_path / "results" / "scratch"), "--first_phase", str(first_phase)]) == 2
     assert not (tmp_path / "results" / "scratch").exists()
+
+
+@pytest.mark.parametrize("method, base_loss, recipe, rows", [
+    ("plain", "ce", "released", ["ce", "metasaug_ce", "metasaug_no_reweight", "isda"]),
+    ("metasaug", "ldam", "released", ["metasaug_ldam"]),
+    ("plain", "ldam", "cao2019", ["ldam", "ldam_drw"]),  # DRW re-weights only from --meta_start
+    ("cb", "focal", "released", ["cb_focal"]),
+])
+def test_a_first_phase_names_the_rows_that_branch_from_it(method, base_loss, recipe, rows):
+    config = dict(method=method, recipe=recipe, beta=0.9999, max_m=0.5, gamma=1.0)
+    loss = export_run.first_phase_loss(method, base_loss, 0.9999, 0.5, 1.0)
+    assert [row.stem for row in export_run.rows_branching_from(config, base_loss, loss)] == rows
 
 
 def test_meta_step_size_scales_with_the_lookahead_step(tiny_run, tree4, tmp_path, capsys):

@@ -35,6 +35,7 @@ import MetaSAug_LDAM_train  # noqa: E402
 from checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint  # noqa: E402
 from cifar_flags import RECIPES, build_parser, first_phase_loss  # noqa: E402
 from cli import OneLineParser  # noqa: E402
+from methods import ROWS  # noqa: E402
 
 # figures and TensorBoard events stay out of results/: result.json holds their numbers (tools/tensorboard_logs.py)
 COPIED = ("result.json", "train.log", "stdout.log", "NOTES.txt")
@@ -121,19 +122,27 @@ def branch_source(result, first_phase):
     return str(Path(first_phase) / "phase1.pth")
 
 
+def rows_branching_from(config, base_loss, loss):
+    """The paper's rows of ``base_loss`` and the run's recipe whose first phase trains ``loss``: those that branch
+    from this first phase (a shared cross-entropy one serves the other base losses' augmented rows too)."""
+    return [row for row in ROWS.values() if row.loss == base_loss and row.recipe == config.get("recipe", "released")
+            and first_phase_loss(row.method, row.loss, config.get("beta"), config.get("max_m"),
+                                 config.get("gamma")) == loss]
+
+
 def export_first_phase(run_dir, checkpoint, dest):
     copy_run_files(run_dir, dest)
     save_checkpoint({key: checkpoint[key] for key in FIRST_PHASE_KEYS}, dest / "phase1.pth")
-    config = checkpoint["config"]
-    loss = first_phase_loss(config["method"], checkpoint["base_loss"], config.get("beta"), config.get("max_m"),
-                            config.get("gamma"))
+    config, base = checkpoint["config"], checkpoint["base_loss"]
+    loss = first_phase_loss(config["method"], base, config.get("beta"), config.get("max_m"), config.get("gamma"))
     shared = loss == "cross-entropy"  # what CE and the augmented rows train first; another is its own row's
-    method = "metasaug" if shared else config["method"]  # a row that branches from it
-    train = training_command({**config, "first_phase_only": True}, checkpoint["base_loss"])
-    branch = training_command({**config, "first_phase_only": False, "method": method,
-                               "save_name": config["save_name"].replace("first_phase",
-                                                                        f"{method}_{checkpoint['base_loss']}")},
-                              checkpoint["base_loss"])
+    rows = rows_branching_from(config, base, loss)
+    # the example branch: a row of another method than the first phase's own where there is one
+    example = next((row for row in rows if row.method != config["method"]), rows[0] if rows else None)
+    method, stem = (example.method, example.stem) if example else (config["method"], f"{config['method']}_{base}")
+    train = training_command({**config, "first_phase_only": True}, base)
+    name = f"{config['dataset']}_{stem}_imb{config['imb_factor']}_seed{config['seed']}"
+    branch = training_command({**config, "first_phase_only": False, "method": method, "save_name": name}, base)
     last = checkpoint["history"][-1]
     data = data_root(config)
     train = shlex.join(["python", *train, "--data_root", data])
@@ -143,7 +152,8 @@ def export_first_phase(run_dir, checkpoint, dest):
         + (f"The first phase (plain cross-entropy, epochs 1-{checkpoint['epoch']}) that CE, ISDA w/o meta-learning "
            f"and every MetaSAug variant of this dataset, imbalance and seed branch from. " if shared else
            f"The first phase ({loss}, recipe {config.get('recipe', 'released')}, epochs 1-{checkpoint['epoch']}) "
-           f"that the rows training that loss first of this dataset, imbalance and seed branch from. ")
+           f"that {' and '.join(row.name for row in rows) or 'the runs of this loss'} of this dataset, imbalance "
+           f"and seed branch from. ")
         + f"Epoch {last['epoch'] + 1}: "
         f"test top-1 error {100 - last['test_top1']:.2f}. Long-tail subset sha256 "
         f"{checkpoint['train_index_sha256']}. Commits that trained it: {', '.join(map(str, checkpoint['commits']))}; "
@@ -151,7 +161,8 @@ def export_first_phase(run_dir, checkpoint, dest):
         f"`phase1.pth` ({(dest / 'phase1.pth').stat().st_size / 1e6:.1f} MB) is the state after epoch "
         f"{checkpoint['epoch']}: weights, SGD momentum, position, history and flags, loadable with "
         f"`weights_only=True`. It was trained with\n\n```bash\n{train}\n```\n\n"
-        f"and a second phase branches from it with the same flags, another `--method` and `--init_from`, e.g.\n\n"
+        f"and a second phase branches from it with the same flags, {'another' if method != config['method'] else 'its'} "
+        f"`--method` and `--init_from`, e.g.\n\n"
         f"```bash\n{branch}\n```\n\n"
         f"A branch continues exactly where this first phase stopped: tests/test_results.py checks that a first "
         f"phase exported by tools/export_run.py and branched ends bit-identical to the same run from scratch.\n")
