@@ -31,3 +31,11 @@ def test_refuses_runs_it_cannot_compare(tmp_path, capsys):
         assert per_class.main([str(run) for run in runs]) == 2
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and ("other classes" in error or "is not a result.json" in error)
+
+
+def test_training_images_of_each_run_where_their_subsets_differ(tmp_path, capsys):
+    ce = write(tmp_path / "ce_seed1", 30.0, [60.0, 90.0, 70.0])
+    ldam = write(tmp_path / "ldam_seed1", 28.0, [62.0, 91.0, 70.0], counts=(5, 51, 20))
+    assert per_class.main([str(ce), str(ldam)]) == 0
+    assert capsys.readouterr().out.splitlines()[2:4] == ["| dog | 50 / 51 | 90.0 | 91.0 | +1.0 |",
+                                                         "| frog | 20 | 70.0 | 70.0 | +0.0 |"]

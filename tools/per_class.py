@@ -4,7 +4,8 @@ the per-class readings of docs/results.md ("gaining 2.7-11.2 points on the six r
     python tools/per_class.py results/cifar10_jpeg/imb20/ce_seed1 results/cifar10_jpeg/imb20/metasaug_ce_seed1
 
 Each run is a folder holding a result.json (or the file itself); the figures are its final epoch's (--best: its
-best epoch's). Runs must share their classes; rows are in order of the first run's training images.
+best epoch's). Runs must share their classes; rows are in order of the first run's training images, and a class
+whose training images differ between runs (another long-tail subset, e.g. --recipe cao2019's) shows each run's.
 """
 import json
 import sys
@@ -28,7 +29,8 @@ def load(path):
 
 
 def table(runs, best=False):
-    """Markdown lines: class, the first run's training images, each run's accuracy, each later run's Δ."""
+    """Markdown lines: class, its training images (each run's, where they differ), each run's accuracy, each later
+    run's Δ."""
     key = "best_per_class_accuracy" if best else "per_class_accuracy"
     (first_name, first), *_ = runs
     for name, result in runs:
@@ -40,7 +42,8 @@ def table(runs, best=False):
     order = sorted(range(len(first["class_names"])), key=lambda c: -first["cls_num_list"][c])
     for c in order:
         accuracy = [result[key][c] for _, result in runs]
-        out.append(f"| {first['class_names'][c]} | {first['cls_num_list'][c]} | "
+        images = " / ".join(dict.fromkeys(str(result["cls_num_list"][c]) for _, result in runs))
+        out.append(f"| {first['class_names'][c]} | {images} | "
                    + " | ".join(f"{a:.1f}" for a in accuracy)
                    + "".join(f" | {a - accuracy[0]:+.1f}" for a in accuracy[1:]) + " |")
     errors = [result["best_top1_error" if best else "final_top1_error"] for _, result in runs]
