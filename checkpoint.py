@@ -3,12 +3,18 @@
 The released CIFAR checkpoints are ``{'epoch', 'state_dict', 'best_acc1', 'optimizer'}`` with no
 BatchNorm ``num_batches_tracked`` entries; DataParallel/DDP checkpoints prefix keys with
 ``module.``. ``load_model_state`` accepts all of these without the caller knowing.
+
+A training holds its run's lock (``RunLock``) while it writes the run's files: a second process on the same
+run (another sweep, a resume by hand) would otherwise interleave its checkpoints with the first's.
 """
+import fcntl
 import json
 import os
 import pickle
+import platform
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -75,6 +81,101 @@ def atomic_write(path, write, what="file"):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+RUN_LOCK_FD = "METASAUG_RUN_LOCK_FD"  # the descriptor of the run lock a sweep took for the training it starts
+
+
+class RunBusy(CheckpointError):
+    """Another process holds the run's lock; ``holder`` says which."""
+
+    def __init__(self, save_name, holder, path):
+        super().__init__(f"run '{save_name}' is being trained by another process ({holder}; lock {path}); wait "
+                         f"for it to end, or choose another --save_name")
+        self.holder = holder
+
+
+class RunLock:
+    """A hold on run ``save_name``: the kernel's lock (flock) on ``<checkpoint_dir>/<save_name>.lock``. It goes
+    with the last process holding it, so a killed training frees its run; the file says who holds it. A sweep
+    takes the lock and hands it to the training it starts (``handed_to``), so no other process comes between
+    its check and the training; the training then holds it alone (``RunLock`` adopts the inherited one)."""
+
+    def __init__(self, checkpoint_dir, save_name):
+        self.path = Path(checkpoint_dir) / f"{save_name}.lock"
+        self.made = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.handle = self._inherited() or self._take(save_name)
+        except BaseException:
+            _remove_empty(self.made)
+            raise
+        self.handle.truncate(0)
+        self.handle.write(f"pid {os.getpid()} on {platform.node()}, since "
+                          f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        self.handle.flush()
+
+    def _inherited(self):
+        descriptor = os.environ.pop(RUN_LOCK_FD, None)
+        if descriptor is None:
+            return None
+        try:
+            mine, held = os.stat(self.path), os.fstat(int(descriptor))
+        except (OSError, ValueError):
+            return None
+        if (mine.st_dev, mine.st_ino) != (held.st_dev, held.st_ino):
+            return None
+        return os.fdopen(int(descriptor), "a+")
+
+    def _take(self, save_name):
+        while True:
+            try:
+                handle = open(self.path, "a+")
+            except FileNotFoundError:  # another run's lock in this folder, ending, removed the folder it made
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                continue
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "a process that has not said which"
+                handle.close()
+                raise RunBusy(save_name, holder, self.path) from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    return handle
+            except FileNotFoundError:
+                pass
+            handle.close()  # the lock's last holder removed this file as we took it: take the new one
+
+    def handed_to(self, environment):
+        """The environment and descriptors that pass the lock to a child process; ``close`` it once started."""
+        return {**environment, RUN_LOCK_FD: str(self.handle.fileno())}, (self.handle.fileno(),)
+
+    def close(self):
+        """Stop holding the lock here (a child it was handed to holds it on)."""
+        self.handle.close()
+
+    def release(self):
+        """Free the run: remove the lock file, and the folders made for it that nothing else came into."""
+        self.path.unlink(missing_ok=True)
+        self.handle.close()
+        _remove_empty(self.made)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.release()
+
+
+def _remove_empty(folders):
+    """Remove ``folders`` (deepest first) as long as nothing else came into them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def save_checkpoint(state, path):

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, RunState, load_checkpoint, load_model_state, save_checkpoint, save_json
+from checkpoint import (CheckpointError, RunLock, RunState, load_checkpoint, load_model_state, save_checkpoint,
+                        save_json)
 from cifar_flags import (RECIPES, RESUME_MUST_MATCH, check_init_from, parse_args, run_checkpoints,
                          second_phase_warning, validate_args)
 from cli import (StopRequest, UsageError, check_resume, clear_files, duration, files_to_clear, git_commit,
@@ -446,24 +447,25 @@ def main(prog, description, losses, argv=None):
     try:
         validate_args(args)
         resolve_device("cpu" if args.no_cuda else args.device, args.gpu)
-        stale = files_to_clear(args, run_checkpoints(args))
-        warning = second_phase_warning(args)
-        if warning:
-            print(f"{prog}: {warning}", file=sys.stderr, flush=True)
-        resume_state = init_state = None
-        if args.resume:
-            resume_state = load_checkpoint(args.resume)
-            check_resume(args, resume_state, RESUME_MUST_MATCH, prog)
-        elif args.init_from:
-            init_state = load_checkpoint(args.init_from)
-            check_init_from(args, init_state)
-        args.data_root = args.data_root or str(Path("data") / args.dataset)
-        data = build_dataset(args.data_root, args.dataset, args.num_meta, args.imb_factor, args.imb_profile,
-                             args.num_classes, args.download, args.workers, args.subset)
-        run = Run(args, data, resume_state, init_state)
-        del resume_state, init_state
-        clear_files(stale, args.save_name)
-        return run.fit(StopRequest(args.stop_after))
+        with RunLock(args.checkpoint_dir, args.save_name):
+            stale = files_to_clear(args, run_checkpoints(args))
+            warning = second_phase_warning(args)
+            if warning:
+                print(f"{prog}: {warning}", file=sys.stderr, flush=True)
+            resume_state = init_state = None
+            if args.resume:
+                resume_state = load_checkpoint(args.resume)
+                check_resume(args, resume_state, RESUME_MUST_MATCH, prog)
+            elif args.init_from:
+                init_state = load_checkpoint(args.init_from)
+                check_init_from(args, init_state)
+            args.data_root = args.data_root or str(Path("data") / args.dataset)
+            data = build_dataset(args.data_root, args.dataset, args.num_meta, args.imb_factor, args.imb_profile,
+                                 args.num_classes, args.download, args.workers, args.subset)
+            run = Run(args, data, resume_state, init_state)
+            del resume_state, init_state
+            clear_files(stale, args.save_name)
+            return run.fit(StopRequest(args.stop_after))
     except (UsageError, DataError, CheckpointError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

@@ -1,11 +1,14 @@
-"""Tests for checkpoint.py: atomic writes, safe loading, the released and DataParallel layouts."""
+"""Tests for checkpoint.py: atomic writes, safe loading, the released and DataParallel layouts, the run lock."""
 import os
 import shlex
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import checkpoint
+from conftest import REPO_ROOT
 from checkpoint import CheckpointError, load_checkpoint, load_model_state, model_state_from, save_checkpoint
 from resnet import ResNet32
 
@@ -238,3 +241,76 @@ def test_load_model_state_missing_weights():
     del state["layer2.1.conv1.weight"]
     with pytest.raises(CheckpointError, match=r"missing \['layer2\.1\.conv1\.weight'\]"):
         load_model_state(ResNet32(10), state)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run lock: one process trains a run at a time
+# ---------------------------------------------------------------------------------------------
+
+HOLD = """
+import sys
+from checkpoint import RunLock
+sys.stdin.readline()  # the parent's go
+with RunLock(sys.argv[1], "run"):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_second_lock_on_a_run_is_refused_naming_the_holder_and_freed_after(tmp_path):
+    with checkpoint.RunLock(tmp_path / "ckpt", "run"):
+        with pytest.raises(checkpoint.RunBusy, match=rf"run 'run' is being trained by another process \(pid "
+                                                     rf"{os.getpid()} on .*; lock .*run\.lock\); wait for it"):
+            checkpoint.RunLock(tmp_path / "ckpt", "run")
+        checkpoint.RunLock(tmp_path / "ckpt", "other").release()  # other runs are free
+    assert not (tmp_path / "ckpt").exists()  # the lock file and the folder made for it are gone
+    checkpoint.RunLock(tmp_path / "ckpt", "run").release()
+
+
+def test_a_lock_removes_the_folders_it_made_when_nothing_else_came_into_them(tmp_path):
+    checkpoint.RunLock(tmp_path / "a" / "b", "run").release()
+    assert not (tmp_path / "a").exists()
+    with checkpoint.RunLock(tmp_path / "a" / "b", "run"):
+        (tmp_path / "a" / "b" / "run_ckpt.pth.tar").write_bytes(b"x")
+    assert sorted(os.listdir(tmp_path / "a" / "b")) == ["run_ckpt.pth.tar"]
+
+
+def test_a_killed_holder_frees_the_run(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    try:
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(checkpoint.RunBusy, match=f"pid {holder.pid} on "):
+            checkpoint.RunLock(tmp_path, "run")
+        holder.kill()
+        holder.wait(timeout=60)
+        assert (tmp_path / "run.lock").is_file()  # left behind, but the kernel freed the lock
+        checkpoint.RunLock(tmp_path, "run").release()
+    finally:
+        holder.kill()
+
+
+def test_a_lock_handed_to_a_child_stays_held_until_the_child_lets_it_go(tmp_path):
+    lock = checkpoint.RunLock(tmp_path, "run")
+    environment, descriptors = lock.handed_to(dict(os.environ))
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=environment,
+                             pass_fds=descriptors)
+    try:
+        lock.close()  # the parent lets go before the child has taken it up
+        with pytest.raises(checkpoint.RunBusy, match=f"pid {os.getpid()} on "):
+            checkpoint.RunLock(tmp_path, "run")
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "held\n"
+        with pytest.raises(checkpoint.RunBusy, match=f"pid {child.pid} on "):  # adopted, not taken anew
+            checkpoint.RunLock(tmp_path, "run")
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(timeout=60) == 0
+    finally:
+        child.kill()
+    assert not (tmp_path / "run.lock").exists()
+    checkpoint.RunLock(tmp_path, "run").release()

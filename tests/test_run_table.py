@@ -174,6 +174,21 @@ def test_sweep_refuses_results_of_other_flags(sweep, tmp_path, capfd):
     assert sorted(p.name for p in (tmp_path / "runs" / "table5").iterdir()) == [folder.name]
 
 
+def test_a_run_is_looked_at_again_as_it_starts_not_only_when_the_sweep_was_planned(sweep, tmp_path, capsys):
+    """What another process wrote after the plan (here: a result of other flags) is found before training."""
+    from cli import duration
+    args = run_table.parse_args(sweep + ["--rows", "isda", "--no-share"])  # one run from scratch
+    jobs = run_table.sweep_jobs(args, None, None)
+    assert [job.state for job in jobs] == ["new"]
+    jobs[0].result.parent.mkdir(parents=True)
+    jobs[0].result.write_text(json.dumps({"config": {"lam": 0.75, "method": "isda"}}))
+    assert sweep_module.run_local(jobs, 1, "cpu", duration) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was written with other flags (--lam 0.25 vs 0.75)" in err
+    assert sorted(p.name for p in jobs[0].result.parent.iterdir()) == ["result.json"]  # nothing launched
+    assert not (tmp_path / "runs" / "table5" / "checkpoints").exists()
+
+
 def test_ctrl_c_stops_after_the_running_training_wrote_its_checkpoint(sweep, tmp_path):
     command = [sys.executable, str(REPO_ROOT / "tools" / "run_table.py"), *sweep]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -300,6 +315,34 @@ def test_two_jobs_at_once_on_the_cpu(sweep, tmp_path, capfd):
     for name in results(tmp_path):
         console = (tmp_path / "runs" / "table5" / name / "console.log").read_text()
         assert "final top-1 error" in console
+
+
+def test_a_second_sweep_on_the_same_runs_waits_for_the_first_and_nothing_trains_twice(sweep, tmp_path, capfd):
+    """Two lanes (or a sweep and a resume by hand) that meet on a run: the later one waits, then counts it done."""
+    command = [sys.executable, str(REPO_ROOT / "tools" / "run_table.py"), *sweep]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        phase = "table5_cifar10_isda_first_phase_imb0.5_seed1"
+        lock = tmp_path / "runs" / "table5" / "checkpoints" / f"{phase}.lock"
+        deadline = time.time() + 120
+        while not lock.is_file() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)  # the first sweep holds the first phase: its training is starting
+        assert run_table.main(sweep) == 0
+        second = capfd.readouterr()
+        out, err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, out + err
+    assert f"== waiting for {phase}: another process is training it (pid " in second.out
+    assert f"== done {phase}: another process finished it" in second.out
+    assert "failed" not in second.err + err
+    assert sorted(results(tmp_path)) == ["table5_cifar10_isda_imb0.5_seed1", "table5_cifar10_metasaug_ce_imb0.5_seed1"]
+    starts = re.findall(r"== start (\S+)", out + second.out)
+    assert sorted(starts) == sorted([phase, *results(tmp_path)])  # each training once, by one sweep or the other
+    for name in starts:
+        notes = (tmp_path / "runs" / "table5" / name / "NOTES.txt").read_text()
+        assert notes.count(" launched ") == 1 and notes.count("exited with code 0") == 1, notes
 
 
 SLURM_TOOLS = ("sbatch", "squeue", "scontrol", "slurmctld", "slurmd", "munged")

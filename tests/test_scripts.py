@@ -5,6 +5,7 @@ a user runs them. The many bad-input cases call the same ``main`` functions in-p
 interpreter costs seconds of torch import each); a few of them also go through the real scripts.
 """
 import json
+import os
 import queue
 import re
 import shutil
@@ -25,7 +26,7 @@ from conftest import (CE, ENV, EPOCHS, ITERATIONS, LDAM, NUM_CLASSES, REPO_ROOT,
 import MetaSAug_test
 import cifar_flags
 import trainer
-from checkpoint import load_model_state
+from checkpoint import RunLock, load_model_state
 from data_utils import load_split, normalize
 from metrics import per_class_accuracy, predict, top1_accuracy
 from resnet import ResNet32
@@ -605,6 +606,16 @@ def test_an_existing_run_is_refused_unless_resumed_or_overwritten(ce_run, tree4,
                                      rf"--resume {re.escape(str(ce_run.ckpt))} or start it afresh with --overwrite")
     code, err, _ = call_main(ce_main, flags + ["--resume", ce_run.ckpt, "--overwrite"], capsys)
     assert_one_line_error(code, err, r"--resume continues a run and --overwrite starts it afresh")
+    assert snapshot(ce_run.base) == before
+
+
+def test_a_run_another_process_is_training_is_refused_before_anything_is_read_or_written(ce_run, tree4, capsys):
+    """Two processes on one run (a second sweep, a resume by hand) would interleave their checkpoints."""
+    before = snapshot(ce_run.base)
+    with RunLock(ce_run.ckpt.parent, "tiny"):
+        code, err, _ = call_main(ce_main, train_flags(tree4, ce_run.base) + ["--resume", ce_run.ckpt], capsys)
+    assert_one_line_error(code, err, rf"run 'tiny' is being trained by another process \(pid {os.getpid()} on .*"
+                                     rf"tiny\.lock\); wait for it to end, or choose another --save_name")
     assert snapshot(ce_run.base) == before
 
 

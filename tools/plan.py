@@ -85,6 +85,15 @@ class Job:
         """Where the job's console output goes when several jobs run at once."""
         return Path(self.args.out_dir) / "console.log"
 
+    def refresh(self):
+        """Read the job's state again from its files as it is about to start (another process may have trained
+        it since the plan was made); None, or why it cannot start."""
+        try:
+            mark_progress([self])
+        except PlanError as error:
+            return f"run_table.py: error: {error}"
+        return None
+
     def command(self):
         resume = ["--resume", str(self.checkpoint)] if self.state == "interrupted" else []
         return [sys.executable, str(REPO / self.script), *self.flags, *resume]

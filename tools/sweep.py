@@ -6,7 +6,9 @@
   With several slots each job's console output goes to ``<out_dir>/console.log`` and the terminal gets
   one status line per job. Each job's ``<out_dir>/NOTES.txt`` gets a line when it starts (where: host,
   device, threads, torch, SLURM job; the command; the commit) and one when it ends (how), which an
-  export (--export) carries into the results tree.
+  export (--export) carries into the results tree. A job that another process is training (its run's lock,
+  checkpoint.RunLock: a second sweep on the same runs, a resume by hand) waits for that process, and its
+  state is read again from its files as it starts, so it is resumed, or counted done, not started afresh.
 - ``emit_slurm``: job-array scripts (first phases; the branches, one array per first phase, each waiting
   for its own first phase's task with ``--dependency=afterok:<job>_<task> --kill-on-invalid-dep=yes``, so
   a failed first phase cancels its branches only, which SLURM shows with the reason
@@ -27,6 +29,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from checkpoint import RunBusy, RunLock
 from cli import EXIT_RESUMABLE, git_commit
 
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) .*\| ETA (.+)$")
@@ -125,16 +128,29 @@ def run_local(jobs, slots, device, duration, status_every=60.0, done=(), per_gpu
     finished = {job.name for job in jobs if not job.trains} | set(done)
     failed, running, stopped = {}, {}, []  # running: slot -> (job, process, log handle)
     last_status = 0.0
+    waiting = set()  # jobs another process was training when they were due here
     while pending or running:
         if interrupt.signal is None:
             for slot in [s for s in range(slots) if s not in running]:
-                ready = next((j for j in pending if j.after is None or j.after in finished), None)
+                ready, lock = next_job(pending, finished, waiting)
                 if ready is None:
                     break
                 pending.remove(ready)
+                problem = ready.refresh()  # another process may have trained it since the plan
+                if problem or not ready.trains:
+                    lock.release()
+                    if problem:
+                        print(problem, file=sys.stderr, flush=True)
+                        failed[ready.name] = 2
+                        drop_branches(pending, ready.name)
+                    else:
+                        finished.add(ready.name)
+                        print(f"== done {ready.name}: another process finished it" + (
+                            " (re-run this sweep to export it if that one did not)" if finish else ""), flush=True)
+                    continue
                 note(ready, f"launched {ready.name} ({ready.kind}) on {machine(device, environments[slot])}: "
                             f"{shlex.join([ready.script, *ready.command()[2:]])} (commit {git_commit()})")
-                running[slot] = _start(ready, environments[slot], quiet)
+                running[slot] = _start(ready, environments[slot], quiet, lock)
                 interrupt.children = [process for _, process, _ in running.values()]
                 print(f"== start {ready.name} ({ready.kind}{', resumed' if ready.state == 'interrupted' else ''})"
                       + (f" on {_slot_name(device, environments[slot])}" if quiet else ""), flush=True)
@@ -158,15 +174,12 @@ def run_local(jobs, slots, device, duration, status_every=60.0, done=(), per_gpu
             elif code == EXIT_RESUMABLE and interrupt.signal is None:  # --stop_after: checkpointed
                 stopped.append(job.name)
                 print(f"== stopped {job.name} (--stop_after): re-run the same command to continue", flush=True)
-                for j in [j for j in pending if j.after == job.name]:
-                    pending.remove(j)
+                drop_branches(pending, job.name)
             elif interrupt.signal is None:
                 failed[job.name] = code
                 print(f"{job.name} failed with exit code {code}" + (f"; see {job.console}" if quiet else "")
                       + f": {' '.join(job.command()[1:])}", file=sys.stderr, flush=True)
-                blocked = [j for j in pending if j.after == job.name]
-                for j in blocked:
-                    pending.remove(j)
+                drop_branches(pending, job.name)
         if interrupt.signal is not None:
             pending.clear()
         if pending and not running and not any(j.after is None or j.after in finished for j in pending):
@@ -181,6 +194,29 @@ def run_local(jobs, slots, device, duration, status_every=60.0, done=(), per_gpu
     if failed:
         return next(iter(failed.values()))
     return EXIT_RESUMABLE if stopped else 0
+
+
+def next_job(pending, finished, waiting):
+    """The first pending job whose first phase has finished and that no other process is training (a second
+    sweep on the same runs, a resume by hand), with its run's lock taken for it; says once of each job it
+    finds busy that it waits for that process. (None, None) when none can start now."""
+    for job in pending:
+        if job.after is not None and job.after not in finished:
+            continue
+        try:
+            return job, RunLock(job.args.checkpoint_dir, job.name)
+        except RunBusy as busy:
+            if job.name not in waiting:
+                waiting.add(job.name)
+                print(f"== waiting for {job.name}: another process is training it ({busy.holder}); this sweep "
+                      f"takes it up when that one ends", flush=True)
+    return None, None
+
+
+def drop_branches(pending, name):
+    """A first phase that did not finish here: its branches cannot start."""
+    for job in [j for j in pending if j.after == name]:
+        pending.remove(job)
 
 
 def note(job, text):
@@ -225,12 +261,19 @@ def ending(code):
     return f"killed by signal {-code}" if code < 0 else f"failed with exit code {code}"
 
 
-def _start(job, environment, quiet):
-    if not quiet:
-        return job, subprocess.Popen(job.command(), env=environment), None
-    Path(job.args.out_dir).mkdir(parents=True, exist_ok=True)
-    log = open(job.console, "a")
-    return job, subprocess.Popen(job.command(), env=environment, stdout=log, stderr=subprocess.STDOUT), log
+def _start(job, environment, quiet, lock):
+    """Start the job's training, handing it the run's lock taken for it."""
+    environment, descriptors = lock.handed_to(environment)
+    log = None
+    if quiet:
+        Path(job.args.out_dir).mkdir(parents=True, exist_ok=True)
+        log = open(job.console, "a")
+    try:
+        process = subprocess.Popen(job.command(), env=environment, pass_fds=descriptors,
+                                   stdout=log, stderr=subprocess.STDOUT if log else None)
+    finally:
+        lock.close()
+    return job, process, log
 
 
 def _slot_name(device, environment):
