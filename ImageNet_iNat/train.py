@@ -14,6 +14,7 @@ import math
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -23,7 +24,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
-from checkpoint import CheckpointError, RunState, load_checkpoint, save_checkpoint, save_json  # noqa: E402
+from checkpoint import CheckpointError, RunLock, RunState, load_checkpoint, save_checkpoint, save_json  # noqa: E402
 from cli import (HelpFormatter, OneLineParser, StopRequest, UsageError, add_device_flag,  # noqa: E402
                  add_run_file_flags, check_resume, clear_files, duration, files_to_clear, git_commit,
                  interrupt_message, one_line, require, require_rates, resolve_device, str2bool)
@@ -527,22 +528,23 @@ def main(argv=None):
     try:
         resolve_args(args, world_size)
         device = resolve_device(args.device, local_rank % max(torch.cuda.device_count(), 1))
-        stale = files_to_clear(args, [Path(args.checkpoint_dir) / f"{args.save_name}_ckpt.pth.tar"])
-        data = load_data(args.dataset, args.data_root, args.split_dir, args.num_classes, args.num_meta,
-                         args.image_size)
-        resume_state = init_state = None
-        if args.resume:
-            resume_state = load_checkpoint(args.resume)
-            check_resume(args, resume_state, RESUME_MUST_MATCH, PROG)
-            check_resume_epochs(args, resume_state)
-        elif args.model_file or args.pretrained:
-            init_state = load_checkpoint(args.pretrained or args.model_file)
-        ctx = init_distributed(device)
-        run = Run(args, data, ctx, resume_state, init_state)
-        del resume_state, init_state
-        if ctx.is_main:
-            clear_files(stale, args.save_name)
-        return run.fit(StopRequest(args.stop_after))
+        with RunLock(args.checkpoint_dir, args.save_name) if rank == 0 else nullcontext():  # rank 0 writes
+            stale = files_to_clear(args, [Path(args.checkpoint_dir) / f"{args.save_name}_ckpt.pth.tar"])
+            data = load_data(args.dataset, args.data_root, args.split_dir, args.num_classes, args.num_meta,
+                             args.image_size)
+            resume_state = init_state = None
+            if args.resume:
+                resume_state = load_checkpoint(args.resume)
+                check_resume(args, resume_state, RESUME_MUST_MATCH, PROG)
+                check_resume_epochs(args, resume_state)
+            elif args.model_file or args.pretrained:
+                init_state = load_checkpoint(args.pretrained or args.model_file)
+            ctx = init_distributed(device)
+            run = Run(args, data, ctx, resume_state, init_state)
+            del resume_state, init_state
+            if ctx.is_main:
+                clear_files(stale, args.save_name)
+            return run.fit(StopRequest(args.stop_after))
     except (UsageError, DataError, CheckpointError) as error:
         prefix = f"[rank {rank}] " if world_size > 1 else ""
         print(f"{PROG}: error: {prefix}{one_line(error)}", file=sys.stderr, flush=True)

@@ -22,7 +22,7 @@ from PIL import Image
 
 import dataloader  # ImageNet_iNat/dataloader.py (pyproject.toml puts ImageNet_iNat on the test path)
 import networks
-from checkpoint import CheckpointError
+from checkpoint import CheckpointError, RunLock
 from conftest import ENV, REPO_ROOT, TIMEOUT, load, snapshot
 from dataloader import DataError
 
@@ -487,6 +487,18 @@ def test_resume_refuses_other_flags(chain, tree, capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--lam 0.5 vs 0.25" in err[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_a_run_another_process_is_training_is_refused(chain, tree, capsys, tmp_path):
+    flags = [str(a) for a in chain["flags"]]
+    checkpoints = ckpt_path(chain["out"], "stage2").parent
+    before = snapshot(checkpoints)
+    with RunLock(checkpoints, "stage2"):
+        assert lt_train.main(flags + ["--resume", str(ckpt_path(chain["out"], "stage2"))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"run 'stage2' is being trained by another process \(pid \d+ on .*stage2\.lock"
+                                       r"\); wait for it to end, or choose another --save_name", err[0]), err
+    assert snapshot(checkpoints) == before
 
 
 def test_test_script_single_and_distributed(tree, crt, tmp_path):
